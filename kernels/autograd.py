@@ -1,0 +1,119 @@
+"""Autograd wrappers: a sparse top-k encoder and a sparse decoder whose backward passes never
+materialise a dense [B, F] tensor.
+
+Encoder (forward): pre = x @ W_enc (one dense GEMM), then the backend's fused bias + top-k + ReLU
+selection, optionally with a second top-k restricted to dead latents (AuxK, Gao et al. 2024).
+Encoder (backward): the pre-activation gradient is non-zero only at the selected entries, so
+grad W_enc = x^T G and grad b_enc = colsum(G) are computed from the K entries per row.
+Decoder: out = sum_j vals[b, j] W_dec[idx[b, j]] + b_dec, backward by a sampled product for the
+values and a sparse outer product for the used W_dec rows.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .dispatch import ops_for
+
+
+class SparseCode(NamedTuple):
+    """Selected latents: `vals_BK` (post-ReLU values) at `idx_BK`; `aux_*` the AuxK selection
+    among dead latents (empty [B, 0] tensors when not asked for)."""
+
+    vals_BK: torch.Tensor
+    idx_BK: torch.Tensor
+    aux_vals_BK: torch.Tensor
+    aux_idx_BK: torch.Tensor
+
+
+class _TopKEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch):
+        ops = ops_for(x_BD)
+        pre_BF = x_BD @ W_enc_DF.to(x_BD.dtype)
+        if per_batch:
+            vals_BK, idx_BK = ops.batch_topk_select(pre_BF, b_enc_F, k * x_BD.shape[0])
+            aux_vals, aux_idx = vals_BK[:, :0], idx_BK[:, :0]
+            if dead_F is not None:
+                _, _, aux_vals, aux_idx = ops.topk_select(pre_BF, b_enc_F * 0, 1, dead_F, k_aux)
+        else:
+            vals_BK, idx_BK, aux_vals, aux_idx = ops.topk_select(pre_BF, b_enc_F, k, dead_F, k_aux)
+        ctx.save_for_backward(x_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx)
+        ctx.d_sae = W_enc_DF.shape[1]
+        ctx.mark_non_differentiable(idx_BK, aux_idx)
+        return vals_BK, idx_BK, aux_vals, aux_idx
+
+    @staticmethod
+    def backward(ctx, g_vals, _g_idx, g_aux, _g_aux_idx):
+        x_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx = ctx.saved_tensors
+        ops = ops_for(x_BD)
+        # ReLU: entries selected with value 0 pass no gradient.
+        grads = [torch.where(vals_BK > 0, g_vals, 0.0)]
+        idxs = [idx_BK]
+        if aux_idx.shape[1] > 0 and g_aux is not None:
+            grads.append(torch.where(aux_vals > 0, g_aux, 0.0))
+            idxs.append(aux_idx)
+        g_pre_BK = torch.cat(grads, 1) if len(grads) > 1 else grads[0]
+        all_idx_BK = torch.cat(idxs, 1) if len(idxs) > 1 else idxs[0]
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_W, grad_b = ops.sparse_encoder_grad(x_BD, g_pre_BK, all_idx_BK, ctx.d_sae)
+        if ctx.needs_input_grad[0]:
+            grad_x = ops.sparse_input_grad(g_pre_BK, all_idx_BK, W_enc_DF)
+        return grad_x, grad_W, grad_b, None, None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vals_BK, idx_BK, W_dec_FD, b_dec_D):
+        ops = ops_for(W_dec_FD)
+        ctx.save_for_backward(vals_BK, idx_BK, W_dec_FD)
+        return ops.sparse_decode(vals_BK, idx_BK, W_dec_FD) + b_dec_D
+
+    @staticmethod
+    def backward(ctx, grad_out_BD):
+        vals_BK, idx_BK, W_dec_FD = ctx.saved_tensors
+        ops = ops_for(W_dec_FD)
+        grad_out_BD = grad_out_BD.contiguous()
+        grad_vals = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_vals = ops.sparse_decode_grad_vals(grad_out_BD, idx_BK, W_dec_FD)
+        if ctx.needs_input_grad[2]:
+            grad_W = ops.sparse_outer(idx_BK, vals_BK, grad_out_BD, W_dec_FD.shape[0])
+        if ctx.needs_input_grad[3]:
+            grad_b = grad_out_BD.sum(0)
+        return grad_vals, None, grad_W, grad_b
+
+
+def topk_encode(
+    x_BD: torch.Tensor,
+    W_enc_DF: torch.Tensor,
+    b_enc_F: torch.Tensor,
+    k: int,
+    dead_F: torch.Tensor | None = None,
+    k_aux: int = 0,
+    per_batch: bool = False,
+) -> SparseCode:
+    """Sparse TopK encoder: the k largest of ReLU(x @ W_enc + b_enc) per row.
+
+    With `per_batch` (BatchTopK) the B*k largest over the whole batch instead, in a padded
+    [B, K_max] layout whose padding has value 0. With `dead_F` (bool [F]) and `k_aux > 0` also
+    returns the k_aux largest among dead latents, from the same pre-activations.
+    Differentiable w.r.t. x, W_enc and b_enc.
+    """
+    if not 1 <= k <= W_enc_DF.shape[1]:
+        raise ValueError(f"k must be in [1, d_sae={W_enc_DF.shape[1]}], got {k}.")
+    if dead_F is None or k_aux <= 0:
+        dead_F, k_aux = None, 0
+    else:
+        k_aux = min(k_aux, W_enc_DF.shape[1])
+    return SparseCode(*_TopKEncode.apply(x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch))
+
+
+def sparse_decode(
+    vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor
+) -> torch.Tensor:
+    """out[b] = sum_j vals[b, j] * W_dec[idx[b, j]] + b_dec. Differentiable w.r.t. vals, W_dec, b_dec."""
+    return _SparseDecode.apply(vals_BK, idx_BK, W_dec_FD, b_dec_D)

@@ -1,0 +1,1 @@
+"""Analysis of trained SAEs: features, behaviours, circuits, labels, steering (to come)."""

@@ -1,0 +1,1 @@
+"""Plotly figures from typed data, assembled into offline HTML pages."""
