@@ -169,8 +169,19 @@ class EvalConfig:
     """Blocks per forward."""
 
 
+# Names other tools use for our fields (SAELens, sparsify, papers).
+_ALIASES = {"learning_rate": "lr", "batch": "batch_size", "train_batch_size_tokens": "batch_size",
+            "num_latents": "d_sae", "dict_size": "d_sae", "width": "d_sae", "n_latents": "d_sae",
+            "topk": "k", "top_k": "k", "l1_coefficient": "sparsity_coef", "l1_coef": "sparsity_coef",
+            "l0_coefficient": "sparsity_coef", "auxk": "aux_k", "auxk_alpha": "aux_coef",
+            "training_tokens": "tokens", "total_tokens": "tokens", "architecture": "activation",
+            "hook": "hook_name", "lr_warm_up_steps": "warmup_steps", "dead_feature_window": "dead_tokens"}
+
+
 def closest_key(key: str, valid: list[str]) -> str:
     """A 'did you mean' suffix naming the closest valid key, or an empty string."""
+    if _ALIASES.get(key) in valid:
+        return f" Did you mean {_ALIASES[key]!r}?"
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
 

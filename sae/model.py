@@ -190,6 +190,20 @@ class SparseAutoencoder(nn.Module):
             sae_kernels.remove_parallel_grad_(self.W_dec.data, self.W_dec.grad)
 
     @torch.no_grad()
+    def calibrate_threshold_(self, x_ND: torch.Tensor) -> float:
+        """Set the BatchTopK inference threshold so that, on `x_ND`, rows keep k latents on average.
+
+        The threshold is the (N*k)-th largest ReLU'd pre-activation of the sample, i.e. exactly the
+        cut BatchTopK would make if the whole sample were one batch.
+        """
+        if self.cfg.activation != "batchtopk":
+            raise ValueError("calibrate_threshold_ applies to batchtopk SAEs only.")
+        pre = self.pre_acts(x_ND).relu().flatten()
+        n_keep = min(pre.numel(), x_ND.shape[0] * self.cfg.k)
+        self.threshold.fill_(pre.topk(n_keep, sorted=False).values.min().item())
+        return float(self.threshold)
+
+    @torch.no_grad()
     def folded_state(self) -> dict[str, torch.Tensor]:
         """Weights with the input scale folded in (so inputs need no scaling), as plain tensors.
 

@@ -374,6 +374,16 @@ class Trainer:
 
     # -- the end ---------------------------------------------------------------------------------
 
+    def _calibrate_thresholds(self) -> None:
+        """BatchTopK: replace the running threshold estimate by an exact one on 16k training rows."""
+        members = [m for m in self.members if m.sae.cfg.activation == "batchtopk"]
+        if not members:
+            return
+        sample = self.source.sample(16_384)
+        for m in members:
+            x_ND = sample[m.hook].to(self.device, torch.float32)
+            m.sae.calibrate_threshold_(x_ND[torch.isfinite(x_ND).all(-1)])
+
     def _finish(self, seconds: float) -> TrainResult:
         result = TrainResult(run_dir=self.run_dir, steps=self.step,
                              tokens=self.step * self.tc.batch_size * self.world, seconds=seconds,
@@ -384,6 +394,7 @@ class Trainer:
         from ..formats import save
 
         holdout = self.source.holdout(max_rows=65_536)
+        self._calibrate_thresholds()
         for m in self.members:
             folder = self.run_dir / "saes" / m.name.replace("/", "_")
             evals: dict[str, Any] = {}
