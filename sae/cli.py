@@ -6,6 +6,7 @@ Every subcommand takes `--json` to print one JSON line with its result instead o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -134,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
     try:
-        result = _COMMANDS[args.command](args)
+        # Libraries print to stdout (TransformerLens: "Moving model to device"); keep stdout for
+        # the result alone so that --json output is exactly one line.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = _COMMANDS[args.command](args)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         if not _is_user_error(err):
             raise

@@ -69,7 +69,7 @@ def sparsity_metrics(sae: SparseAutoencoder, acts_ND: torch.Tensor, batch: int =
     n = acts_ND.shape[0]
     density_F = (fires_F.double() / n).float().cpu()
     fvu = sq_err / max(total_var, 1e-30)
-    return SparsityStats(l0=float(density_F.sum()), fvu=fvu, explained_variance=1.0 - fvu,
+    return SparsityStats(l0=fires_F.sum().item() / n, fvu=fvu, explained_variance=1.0 - fvu,
                          mse=sq_err / (n * acts_ND.shape[1]), dead_frac=float((fires_F == 0).float().mean()),
                          dense_frac=float((density_F > DENSE_FREQ).float().mean()), n_rows=n,
                          density_F=density_F)
