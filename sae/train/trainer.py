@@ -92,8 +92,21 @@ class TrainResult:
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     return torch.device(name)
+
+
+def init_distributed() -> None:
+    """Join the process group that `torchrun` describes (NCCL on GPUs, Gloo on CPUs), once."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
 
 
 def _dist() -> tuple[int, int]:
@@ -419,4 +432,5 @@ def _train_key(resolved: dict[str, Any]) -> Any:
 def train(cfg: RunConfig) -> TrainResult:
     """Train every SAE of `cfg`; resumes from the run folder's latest checkpoint when there is one."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    init_distributed()
     return Trainer(cfg).run()
