@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="blocks per forward pass")
     p.add_argument("--bos", default="block", choices=["block", "none"], help="BOS policy")
     p.add_argument("--text-field", default="text", help="JSONL field or CSV/TSV column with the text")
+    p.add_argument("--shard-mb", type=float, default=64.0, help="target size of a shard (all hooks)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_json(p)
 
@@ -80,7 +81,7 @@ def cmd_cache(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model, device=_device(args.device), dtype=parse_dtype(args.dtype))
     res = build_cache(model, args.data, args.hook, args.tokens, args.out, context=args.context,
                       dtype=args.dtype, batch=args.batch, bos=args.bos, text_field=args.text_field,
-                      progress=not args.json)
+                      progress=not args.json, shard_bytes=int(args.shard_mb * 2**20))
     return {"tokens": res.tokens, "seconds": round(res.seconds, 3),
             "tokens_per_s": round(res.tokens_per_s, 1), "out": res.out, "resumed_from": res.resumed_from}
 

@@ -67,11 +67,7 @@ def render_page(title: str, figures: list[Any], summary: dict[str, Any] | None =
     from plotly.offline import get_plotlyjs
 
     divs = [fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures]
-    table = ""
-    if summary:
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>"
-                       for k, v in summary.items())
-        table = f"<table>{rows}</table>"
+    table = f"<table>{_rows(summary)}</table>" if summary else ""
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
@@ -81,6 +77,21 @@ def render_page(title: str, figures: list[Any], summary: dict[str, Any] | None =
         f"<script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{html.escape(title)}</h1>{table}<div class='grid'>{''.join(divs)}</div></body></html>"
     )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _rows(summary: dict[str, Any]) -> str:
+    """Table rows; a nested dict becomes a nested table."""
+    out = []
+    for key, value in summary.items():
+        cell = f"<table>{_rows(value)}</table>" if isinstance(value, dict) else html.escape(_fmt(value))
+        out.append(f"<tr><th>{html.escape(str(key))}</th><td>{cell}</td></tr>")
+    return "".join(out)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -94,9 +105,11 @@ def write_report(run_dir: str | Path) -> Path:
     for path in sorted(run_dir.glob("density.*.json")):
         data = json.loads(path.read_text())
         figures.append(density_figure(path.stem.removeprefix("density."), data["density"]))
-    summary = None
+    summary: dict[str, Any] = {}
     if (run_dir / "result.json").is_file():
-        summary = json.loads((run_dir / "result.json").read_text())
+        summary.update(json.loads((run_dir / "result.json").read_text()))
+    for path in sorted(run_dir.glob("eval*.json")):  # written by `sae eval ... --json > eval.json`
+        summary[path.stem] = json.loads(path.read_text())
     out = run_dir / "report.html"
     tmp = out.with_name(".tmp-report.html")
     tmp.write_text(render_page(f"SAE training run: {run_dir.name}", figures, summary), encoding="utf-8")

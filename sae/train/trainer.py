@@ -418,7 +418,11 @@ class Trainer:
             save(m.sae, folder, extra={"training": {"steps": self.step, "tokens": result.tokens,
                                                     "evals": evals}})
             result.saes[m.name], result.evals[m.name] = folder, evals
+        from ..dashboard.report import write_report
+
+        result.report = self.run_dir / "report.html"
         (self.run_dir / "result.json").write_text(json.dumps(result.summary(), indent=1))
+        write_report(self.run_dir)
         return result
 
 
