@@ -161,13 +161,8 @@ def _token_stream(texts: Iterator[str], tokenizer: Any, batch_docs: int = 256) -
         yield from flush()
 
 
-def pack_blocks(source: str, tokenizer: Any, context: int, n_tokens: int,
-                bos: str = "block", text_field: str = "text") -> TokenBlocks:
-    """Tokenise `source` and pack exactly `n_tokens` activation rows into blocks of `context`.
-
-    Raises DataError when the source holds fewer row-producing tokens than asked (naming how
-    many it holds) or none at all.
-    """
+def _check_packing(tokenizer: Any, context: int, bos: str) -> tuple[int, int | None]:
+    """(stream tokens per block, BOS id or None) after validating the packing settings."""
     if bos not in BOS_POLICIES:
         raise DataError(f"bos must be one of {', '.join(BOS_POLICIES)}, got {bos!r}.")
     bos_id = tokenizer.bos_token_id
@@ -175,7 +170,17 @@ def pack_blocks(source: str, tokenizer: Any, context: int, n_tokens: int,
         raise DataError("The tokenizer has no BOS token; use bos='none'.")
     if context < 2:
         raise DataError(f"context must be at least 2, got {context}.")
-    per_block = context - 1 if bos == "block" else context
+    return (context - 1, bos_id) if bos == "block" else (context, None)
+
+
+def pack_blocks(source: str, tokenizer: Any, context: int, n_tokens: int,
+                bos: str = "block", text_field: str = "text") -> TokenBlocks:
+    """Tokenise `source` and pack exactly `n_tokens` activation rows into blocks of `context`.
+
+    Raises DataError when the source holds fewer row-producing tokens than asked (naming how
+    many it holds) or none at all.
+    """
+    per_block, bos_id = _check_packing(tokenizer, context, bos)
     stream: list[int] = []
     for doc in _token_stream(iter_texts(source, text_field, tokenizer), tokenizer):
         stream.extend(doc)
@@ -188,8 +193,27 @@ def pack_blocks(source: str, tokenizer: Any, context: int, n_tokens: int,
             f"Data source {source!r} holds {len(stream):,} tokens (with context {context}), "
             f"fewer than the {n_tokens:,} asked for. Lower --tokens to at most {len(stream):,}."
         )
-    return _blocks_from_stream(stream[:n_tokens], context, per_block, bos_id if bos == "block" else None,
-                               tokenizer.pad_token_id, len(stream))
+    return _blocks_from_stream(stream[:n_tokens], context, per_block, bos_id, tokenizer.pad_token_id, len(stream))
+
+
+def iter_block_chunks(source: str, tokenizer: Any, context: int, chunk_blocks: int, bos: str = "block",
+                      text_field: str = "text") -> Iterator[TokenBlocks]:
+    """The same packing as `pack_blocks`, lazily: chunks of `chunk_blocks` blocks until the source
+    ends (the last chunk may be shorter and padded). Memory stays bounded for endless sources."""
+    per_block, bos_id = _check_packing(tokenizer, context, bos)
+    want = chunk_blocks * per_block
+    stream: list[int] = []
+    produced = 0
+    for doc in _token_stream(iter_texts(source, text_field, tokenizer), tokenizer):
+        stream.extend(doc)
+        while len(stream) >= want:
+            chunk, stream = stream[:want], stream[want:]
+            produced += len(chunk)
+            yield _blocks_from_stream(chunk, context, per_block, bos_id, tokenizer.pad_token_id, produced)
+    if stream:
+        yield _blocks_from_stream(stream, context, per_block, bos_id, tokenizer.pad_token_id, produced + len(stream))
+    elif produced == 0:
+        raise DataError(f"Data source {source!r} holds no text.")
 
 
 def _blocks_from_stream(stream: list[int], context: int, per_block: int, bos_id: int | None,

@@ -1,8 +1,8 @@
 """Where training batches come from: an activation cache, or the model itself, streamed.
 
 Both yield dicts hook -> [B, D] rows, in an order fixed by the seed, and can start at any batch
-(for exact resume). The last `holdout_frac` of the rows (in harvest order) never reach training;
-`holdout()` returns them for evaluation.
+(for exact resume). Held-out rows never reach training; `holdout()` returns them for evaluation:
+the last `holdout_frac` of a cache's rows, or the first chunks of a stream.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ..activations import ActivationCache, Harvester, open_cache, pack_blocks
+from ..activations import ActivationCache, Harvester, TokenBlocks, open_cache
+from ..activations.tokens import iter_block_chunks
 from ..config import DataConfig
 from ..lm import LoadedModel, load_model
 
@@ -57,71 +58,83 @@ class CacheSource:
 
 
 class StreamSource:
-    """Activations harvested on the fly, shuffled within chunks of `chunk_blocks` blocks.
+    """Activations harvested on the fly from a lazily tokenised source, in chunks of blocks.
 
-    Chunk c's rows are permuted with seed + c and cut into whole batches (a remainder smaller
-    than a batch is dropped), so resuming at batch n harvests only from the chunk holding it.
+    The text is packed lazily (memory stays bounded for endless `hf:` streams). The first
+    `hold_chunks` chunks are kept for evaluation. Training chunk c's rows are permuted with
+    seed + c and cut into whole batches; the remainder smaller than a batch is dropped, which
+    keeps chunks independent, so a resumed run skips whole chunks by counting their rows without
+    running the model on them. Chunks hold at least 32 batches by default, so at most ~3% of the
+    rows are dropped. When the source ends, the next epoch starts over with new permutations.
     """
 
     def __init__(self, cfg: DataConfig, hooks: list[str], batch_size: int, seed: int, n_rows: int,
-                 model: LoadedModel | None = None, chunk_blocks: int = 256):
+                 model: LoadedModel | None = None, chunk_blocks: int | None = None):
+        self.cfg = cfg
+        if chunk_blocks is None:
+            chunk_blocks = max(256, -(-32 * batch_size // (cfg.context - 1)))
         self.model = model or load_model(cfg.model)
         self.harvester = Harvester(self.model, hooks)
-        hold = int(n_rows * cfg.holdout_frac / (1 - cfg.holdout_frac)) if cfg.holdout_frac else 0
-        self.blocks = pack_blocks(cfg.source, self.model.tokenizer, cfg.context, n_rows + hold,
-                                  text_field=cfg.text_field)
         self.hooks, self.batch_size, self.seed = hooks, batch_size, seed
-        self.harvest_batch, self.chunk_blocks = cfg.harvest_batch, chunk_blocks
-        n_blocks = self.blocks.tokens_NT.shape[0]
-        self.n_hold_blocks = -(-hold // (cfg.context)) if hold else 0
-        self.n_train_blocks = n_blocks - self.n_hold_blocks
+        self.chunk_blocks = chunk_blocks
+        rows_per_chunk = chunk_blocks * (cfg.context - 1)
+        hold_rows = min(65_536, int(n_rows * cfg.holdout_frac)) if cfg.holdout_frac else 0
+        self.hold_chunks = -(-hold_rows // rows_per_chunk)
         self._d_in = self.harvester.d_in()
 
     def d_in(self, hook: str) -> int:
         return self._d_in[hook]
 
-    def _chunk_batches(self, c: int) -> int:
-        b0, b1 = c * self.chunk_blocks, min(self.n_train_blocks, (c + 1) * self.chunk_blocks)
-        return int(self.blocks.keep_NT[b0:b1].sum()) // self.batch_size
+    def _chunks(self) -> Iterator[TokenBlocks]:
+        return iter_block_chunks(self.cfg.source, self.model.tokenizer, self.cfg.context, self.chunk_blocks,
+                                 text_field=self.cfg.text_field)
 
-    def _harvest(self, b0: int, b1: int) -> dict[str, torch.Tensor]:
+    def _train_chunks(self) -> Iterator[TokenBlocks]:
+        """Training chunks forever (epoch after epoch), the held-out chunks left out."""
+        while True:
+            n_train = 0
+            for i, chunk in enumerate(self._chunks()):
+                if i >= self.hold_chunks:
+                    n_train += 1
+                    yield chunk
+            if n_train == 0:
+                raise ValueError(f"{self.cfg.source} holds no text beyond the held-out chunks; "
+                                 f"lower data.holdout_frac or use more text.")
+
+    def _harvest(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
-        rows_iter = self.harvester.iter_rows(self.blocks.tokens_NT[b0:b1], self.blocks.keep_NT[b0:b1],
-                                             self.harvest_batch, torch.float32)
-        for rows in rows_iter:
+        for rows in self.harvester.iter_rows(blocks.tokens_NT, blocks.keep_NT, self.cfg.harvest_batch,
+                                             torch.float32):
             for h, r in rows.items():
                 parts[h].append(r)
         return {h: torch.cat(p) for h, p in parts.items()}
 
     def batches(self, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        n_chunks = -(-self.n_train_blocks // self.chunk_blocks)
-        epoch = 0
-        while True:
-            for c in range(n_chunks):
-                n_batches = self._chunk_batches(c)
-                if skip >= n_batches:
-                    skip -= n_batches
-                    continue
-                b0, b1 = c * self.chunk_blocks, min(self.n_train_blocks, (c + 1) * self.chunk_blocks)
-                rows = self._harvest(b0, b1)
-                gen = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch + c)
-                perm = torch.randperm(next(iter(rows.values())).shape[0], generator=gen)
-                for b in range(skip, n_batches):
-                    sel = perm[b * self.batch_size:(b + 1) * self.batch_size]
-                    yield {h: r[sel] for h, r in rows.items()}
-                skip = 0
-            epoch += 1
+        for c, chunk in enumerate(self._train_chunks()):
+            n_batches = chunk.n_rows // self.batch_size
+            if skip >= n_batches:
+                skip -= n_batches
+                continue
+            rows = self._harvest(chunk)
+            gen = torch.Generator().manual_seed(self.seed + c)
+            perm = torch.randperm(chunk.n_rows, generator=gen)
+            for b in range(skip, n_batches):
+                sel = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                yield {h: r[sel] for h, r in rows.items()}
+            skip = 0
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
-        blocks_needed = max(1, -(-n // self.blocks.tokens_NT.shape[1]))
-        rows = self._harvest(0, min(self.n_train_blocks, blocks_needed))
+        rows = self._harvest(next(self._train_chunks()))
         return {h: r[:n] for h, r in rows.items()}
 
     def holdout(self, max_rows: int) -> dict[str, torch.Tensor]:
-        if not self.n_hold_blocks:
-            return {}
-        rows = self._harvest(self.n_train_blocks, self.blocks.tokens_NT.shape[0])
-        return {h: r[:max_rows] for h, r in rows.items()}
+        parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
+        for i, chunk in enumerate(self._chunks()):
+            if i >= self.hold_chunks:
+                break
+            for h, r in self._harvest(chunk).items():
+                parts[h].append(r)
+        return {h: torch.cat(p)[:max_rows] for h, p in parts.items() if p}
 
 
 def make_source(cfg: DataConfig, hooks: list[str], batch_size: int, seed: int, n_rows: int,
