@@ -79,10 +79,19 @@ def sparse_outer(
 
     This is both the decoder-weight gradient (coef = vals, rows = grad_out) and the transposed
     encoder-weight gradient (coef = grad of the pre-activations, rows = the encoder input).
+    On the CPU it is a CSR [F, B] @ [B, D] product, the CSR built by one argsort of the indices
+    (transposing a [B, F] CSR instead costs a much slower generic conversion).
     """
     coef_BK = coef_BK.to(rows_BD.dtype)
     if rows_BD.device.type == "cpu":
-        return (_row_csr(idx_BK, coef_BK, n_out).t() @ rows_BD).to_dense()
+        k = idx_BK.shape[1]
+        flat = idx_BK.reshape(-1).to(torch.int64)
+        order = torch.argsort(flat)
+        crow = torch.zeros(n_out + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(flat, minlength=n_out), 0, out=crow[1:])
+        mat_FB = torch.sparse_csr_tensor(crow, order // k, coef_BK.reshape(-1)[order], (n_out, idx_BK.shape[0]),
+                                         check_invariants=False)
+        return mat_FB @ rows_BD
     out_FD = torch.zeros(n_out, rows_BD.shape[1], dtype=rows_BD.dtype, device=rows_BD.device)
     src_BKD = coef_BK[:, :, None] * rows_BD[:, None, :]
     out_FD.index_add_(0, idx_BK.reshape(-1), src_BKD.reshape(-1, rows_BD.shape[1]))
