@@ -50,6 +50,8 @@ class _TopKEncode(torch.autograd.Function):
         x_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx = ctx.saved_tensors
         ops = ops_for(x_BD)
         # ReLU: entries selected with value 0 pass no gradient.
+        if g_vals is None:  # only the AuxK output reached the loss
+            g_vals = torch.zeros_like(vals_BK)
         grads = [torch.where(vals_BK > 0, g_vals, 0.0)]
         idxs = [idx_BK]
         if aux_idx.shape[1] > 0 and g_aux is not None:
@@ -60,6 +62,8 @@ class _TopKEncode(torch.autograd.Function):
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             grad_W, grad_b = ops.sparse_encoder_grad(x_BD, g_pre_BK, all_idx_BK, ctx.d_sae)
+            # bf16 inputs with fp32 master weights: hand autograd gradients in the weights' dtype.
+            grad_W, grad_b = grad_W.to(W_enc_DF.dtype), grad_b.to(W_enc_DF.dtype)
         if ctx.needs_input_grad[0]:
             grad_x = ops.sparse_input_grad(g_pre_BK, all_idx_BK, W_enc_DF)
         return grad_x, grad_W, grad_b, None, None, None, None

@@ -28,7 +28,7 @@ def requested_backend() -> str:
 def _load_triton() -> ModuleType | None:
     try:
         from . import triton_ops
-    except ImportError:
+    except Exception:  # a missing or broken triton, or no usable driver: fall back to eager
         return None
     return triton_ops
 

@@ -1,0 +1,295 @@
+"""Row-wise and batch-wide top-k selection in Triton, fused with the encoder bias and ReLU.
+
+Per program (ROWS rows, one chunk of BLOCK latents each) the kernel:
+1. loads the chunk once, adds the bias rounded to the pre-activation dtype (as the eager twin's
+   in-place add does), applies ReLU, and maps each value to an int32 key ordered like the value:
+   the bit pattern of a non-negative float; -1 marks latents outside the AuxK pool (not dead),
+   -2 lanes past the row end and padding;
+2. finds a threshold T with count(key > T) <= k <= count(key >= T) by bisection on the integer
+   keys, starting from a guess at a quarter of the row maximum and stopping as soon as exactly k
+   keys lie at or above the midpoint (at most 33 block reductions, about a dozen on random data);
+3. compacts: one prefix sum over (key > T) + ((key == T) << 16) gives every selected lane its
+   output slot, ties at T filling the slots left after the keys above T;
+4. repeats 2-3 on the same registers for AuxK (the k_aux largest among dead latents).
+A row longer than one chunk is reduced as a tournament: every chunk writes its k candidates and
+the same kernel, reading (value, index) pairs, reduces them until one chunk remains. The [B, F]
+pre-activations are read once; later rounds read n_chunks * k values per row.
+
+BatchTopK (Bussmann et al. 2024, the B*k largest over the batch) takes each row's top-`cap`
+candidates with the row kernel, picks the global threshold among them and checks it is exact:
+every row whose smallest candidate is above the threshold may hide more, so `cap` grows 4x and
+the selection repeats (rare; a row holding all F latents is always exact).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import eager
+
+# The compaction packs two counts into one int32 prefix sum: 16 bits each, so at most 2^14 lanes
+# keeps (count << 16) below 2^31.
+MAX_BLOCK = 16384
+# Chunk length on a GPU: 32 keys per thread at 8 warps.
+BASE_BLOCK = 8192
+# Keys per program when short rows are batched into one program.
+TILE = 8192
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _round_like(x, dtype: tl.constexpr):
+    """fp32 `x` rounded to `dtype` (nearest even) and returned as fp32. bf16 rounds by integer
+    arithmetic because the interpreter truncates float -> bf16 casts (the GPU rounds)."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return bits.to(tl.float32, bitcast=True)
+    elif dtype == tl.float32:
+        return x
+    else:
+        return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _threshold(keys, k):
+    """Per row of `keys` [R, BLOCK]: an integer T with count(> T) <= k <= count(>= T), by bisection."""
+    top = tl.max(keys, 1)
+    hi = top + 1
+    lo = top * 0 - 2
+    # First probe a quarter of the maximum (as a float): on activation-like data the k-th largest
+    # of a chunk lies above it, which skips the exponent bits a plain bit-space bisection walks.
+    quarter = (tl.maximum(top, 0).to(tl.float32, bitcast=True) * 0.25).to(tl.int32, bitcast=True)
+    mid = tl.maximum(quarter, lo + 1)
+    # Finished rows keep hi - lo <= 1, where mid == lo leaves them unchanged.
+    while tl.max(hi - lo, 0) > 1:
+        count = tl.sum((keys >= mid[:, None]).to(tl.int32), 1)
+        enough = count >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, tl.where(count == k, mid + 1, hi), mid)
+        mid = lo + (hi - lo) // 2
+    return lo
+
+
+@triton.jit
+def _select_store(keys, vals, idx, k, out_off, row_ok, out_v_ptr, out_i_ptr, FINAL: tl.constexpr):
+    """Write each row's k lanes with the largest keys (ties at the threshold in lane order) to the
+    k slots at out_off[row].
+
+    Candidates (not FINAL) keep padding visible as value -1 so the next round ranks it last; the
+    final output turns every non-selected-latent value into 0 and padding indices into 0.
+    """
+    thresh = _threshold(keys, k)[:, None]
+    above = keys > thresh
+    tie = keys == thresh
+    ranks = tl.cumsum(above.to(tl.int32) + (tie.to(tl.int32) << 16), 1)
+    n_above = tl.sum(above.to(tl.int32), 1)[:, None]
+    slot = tl.where(above, (ranks & 0xFFFF) - 1, n_above + (ranks >> 16) - 1)
+    take = (above | (tie & (slot < k))) & row_ok[:, None]
+    if FINAL:
+        out = tl.where(keys >= 0, vals, 0.0)
+    else:
+        out = tl.where(keys >= 0, vals, tl.where(keys == -1, 0.0, -1.0))
+    out_idx = tl.where(keys == -2, 0, idx)
+    dst = out_off[:, None] + slot
+    tl.store(out_v_ptr + dst, out.to(out_v_ptr.dtype.element_ty), mask=take)
+    tl.store(out_i_ptr + dst, out_idx.to(out_i_ptr.dtype.element_ty), mask=take)
+
+
+@triton.jit
+def _select_kernel(
+    src_ptr, src_idx_ptr, bias_ptr, dead_ptr,
+    out_v_ptr, out_i_ptr, aux_v_ptr, aux_i_ptr,
+    n_rows, n, stride_src, k, k_aux,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, FROM_CANDIDATES: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_AUX: tl.constexpr, WRITE_BACK: tl.constexpr, FINAL: tl.constexpr,
+):
+    """ROWS rows x one chunk: load, bias, ReLU, key, then the top-k (and AuxK) of the chunk."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    chunk = tl.program_id(1)
+    n_chunks = tl.num_programs(1)
+    cols = chunk * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < n_rows
+    inside = row_ok[:, None] & (cols < n)[None, :]
+    offs = rows[:, None] * stride_src + cols[None, :]
+    x = tl.load(src_ptr + offs, mask=inside, other=0.0)
+    if FROM_CANDIDATES:
+        idx = tl.load(src_idx_ptr + offs, mask=inside, other=0)
+        valid = inside & (x >= 0)
+    else:
+        idx = tl.broadcast_to(cols[None, :], [ROWS, BLOCK])
+        valid = inside
+        if HAS_BIAS:
+            bias = _round_like(tl.load(bias_ptr + cols, mask=cols < n, other=0.0).to(tl.float32), x.dtype)
+            x = _round_like(x.to(tl.float32) + bias[None, :], x.dtype)
+            if WRITE_BACK:
+                tl.store(src_ptr + offs, x, mask=inside)
+    x = x.to(tl.float32)
+    relu = tl.where(x > 0, x, 0.0)
+    keys = tl.where(valid, relu.to(tl.int32, bitcast=True), -2)
+    out_off = (rows * n_chunks + chunk) * k
+    _select_store(keys, relu, idx, k, out_off, row_ok, out_v_ptr, out_i_ptr, FINAL)
+    if HAS_AUX:
+        dead = tl.load(dead_ptr + cols, mask=cols < n, other=0) != 0
+        aux_keys = tl.where(dead[None, :] | (keys == -2), keys, -1)
+        aux_off = (rows * n_chunks + chunk) * k_aux
+        _select_store(aux_keys, relu, idx, k_aux, aux_off, row_ok, aux_v_ptr, aux_i_ptr, FINAL)
+
+
+def _block_for(n: int, k: int, base: int) -> int | None:
+    """Chunk length for a row of n keys: one chunk when it fits, else >= 2k so rounds shrink."""
+    if n <= base:
+        return max(16, triton.next_power_of_2(n))
+    block = max(base, triton.next_power_of_2(2 * k))
+    if block >= n:
+        block = triton.next_power_of_2(n)
+    return block if block <= MAX_BLOCK else None
+
+
+def _num_warps(tile: int) -> int:
+    return min(16, max(4, tile // 1024))
+
+
+def _rows_per_program(n_rows: int, block: int) -> int:
+    """Several short rows share a program (a [ROWS, BLOCK] tile of at most TILE keys)."""
+    return max(1, min(triton.next_power_of_2(n_rows), TILE // block))
+
+
+def _launch(
+    src: torch.Tensor, src_idx: torch.Tensor | None, k: int, block: int, out_dtype: torch.dtype,
+    *, bias: torch.Tensor | None = None, dead: torch.Tensor | None = None, k_aux: int = 0,
+    write_back: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """One round: per-chunk top-k of every row of `src`; final when a row is one chunk."""
+    n_rows, n = src.shape
+    n_chunks = triton.cdiv(n, block)
+    final = n_chunks == 1
+    dtype = out_dtype if final else torch.float32
+    dev = src.device
+    out_v = torch.empty(n_rows, n_chunks * k, dtype=dtype, device=dev)
+    out_i = torch.empty(n_rows, n_chunks * k, dtype=torch.int64, device=dev)
+    aux_v = torch.empty(n_rows, n_chunks * k_aux, dtype=dtype, device=dev)
+    aux_i = torch.empty(n_rows, n_chunks * k_aux, dtype=torch.int64, device=dev)
+    rows = _rows_per_program(n_rows, block)
+    _select_kernel[(triton.cdiv(n_rows, rows), n_chunks)](
+        src, src if src_idx is None else src_idx, src if bias is None else bias,
+        src if dead is None else dead.view(torch.uint8),
+        out_v, out_i, aux_v, aux_i,
+        n_rows, n, src.stride(0), k, k_aux,
+        ROWS=rows, BLOCK=block, FROM_CANDIDATES=src_idx is not None, HAS_BIAS=bias is not None,
+        HAS_AUX=k_aux > 0, WRITE_BACK=write_back, FINAL=final,
+        num_warps=_num_warps(rows * block),
+    )
+    return out_v, out_i, aux_v, aux_i
+
+
+def _reduce(
+    vals: torch.Tensor, idx: torch.Tensor, k: int, base: int, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tournament rounds over candidate (value, index) rows until k remain per row."""
+    while True:
+        block = _block_for(vals.shape[1], k, base)
+        assert block is not None, "a first round that fit always leaves rounds that fit"
+        final = triton.cdiv(vals.shape[1], block) == 1
+        vals, idx, _, _ = _launch(vals, idx, k, block, out_dtype)
+        if final:
+            return vals, idx
+
+
+def row_topk(
+    pre_BF: torch.Tensor,
+    k: int,
+    bias_F: torch.Tensor | None = None,
+    dead_F: torch.Tensor | None = None,
+    k_aux: int = 0,
+    *,
+    write_back: bool = False,
+    base_block: int = BASE_BLOCK,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k of ReLU(pre + bias) per row, and top-k_aux of it among `dead_F` latents.
+
+    Returns (vals_BK, idx_BK, aux_vals_BA, aux_idx_BA) in `pre_BF`'s dtype and int64, unordered.
+    `pre_BF` is overwritten with pre + bias only when `write_back` (it costs a [B, F] write).
+    `base_block` is the chunk length (tests shrink it to exercise the tournament rounds).
+    """
+    n_rows, d_sae = pre_BF.shape
+    if dead_F is None:
+        k_aux = 0
+    block = _block_for(d_sae, max(k, k_aux), base_block)
+    if block is None or n_rows == 0:
+        # k above MAX_BLOCK / 2: the eager twin's torch.topk is the better tool anyway.
+        src = pre_BF if write_back or bias_F is None else pre_BF.clone()
+        bias = bias_F if bias_F is not None else src.new_zeros(())
+        return eager.topk_select(src, bias, k, dead_F, k_aux)
+    if pre_BF.stride(1) != 1:
+        raise ValueError("pre_BF must have contiguous rows (stride 1 along d_sae); call .contiguous().")
+    vals, idx, aux_v, aux_i = _launch(
+        pre_BF, None, k, block, pre_BF.dtype, bias=bias_F, dead=dead_F, k_aux=k_aux,
+        write_back=write_back and bias_F is not None,
+    )
+    if triton.cdiv(d_sae, block) > 1:
+        vals, idx = _reduce(vals, idx, k, base_block, pre_BF.dtype)
+        if k_aux > 0:
+            aux_v, aux_i = _reduce(aux_v, aux_i, k_aux, base_block, pre_BF.dtype)
+    return vals, idx, aux_v, aux_i
+
+
+def batch_topk(
+    pre_BF: torch.Tensor, bias_F: torch.Tensor, k_total: int, *, base_block: int = BASE_BLOCK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k_total largest of ReLU(pre + bias) over the batch, padded per row (see module doc).
+
+    `pre_BF` is overwritten with pre + bias. Returns (vals_BK, idx_BK) with K the largest per-row
+    count (at least 1); padding has value 0 and index 0.
+    """
+    n_rows, d_sae = pre_BF.shape
+    k_total = min(k_total, pre_BF.numel())
+    cap = min(d_sae, 4 * triton.cdiv(max(k_total, 1), max(n_rows, 1)))
+    bias: torch.Tensor | None = bias_F
+    while True:
+        vals, idx, _, _ = row_topk(pre_BF, cap, bias, write_back=True, base_block=base_block)
+        bias = None  # applied in place by the first round
+        keep_BC, inexact = _global_keep(vals, k_total, cap < d_sae)
+        counts_B = keep_BC.sum(1)
+        inexact_flag, k_max = torch.stack([inexact.long(), counts_B.max()]).tolist()
+        if not inexact_flag:
+            return _pad_rows(vals, idx, keep_BC, max(k_max, 1))
+        cap = min(d_sae, 4 * cap)
+
+
+def _global_keep(
+    vals_BC: torch.Tensor, k_total: int, truncated: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of the k_total largest positive candidates, and whether a truncated row may hide more."""
+    flat = vals_BC.reshape(-1)
+    if k_total >= flat.numel():
+        thresh = flat.new_full((), -1.0)
+    else:
+        thresh = flat.topk(k_total, sorted=False).values.min()
+    above = vals_BC > thresh
+    tie = vals_BC == thresh
+    room = k_total - above.sum()
+    tie_rank = tie.reshape(-1).cumsum(0).view_as(tie)
+    keep = (above | (tie & (tie_rank <= room))) & (vals_BC > 0)
+    # A row whose smallest candidate beats the threshold may have further, unseen, winners.
+    inexact = (vals_BC.min(1).values > thresh).any()
+    return keep, inexact & truncated
+
+
+def _pad_rows(
+    vals_BC: torch.Tensor, idx_BC: torch.Tensor, keep_BC: torch.Tensor, k_max: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's kept entries to its front, zero the rest, and cut to k_max columns."""
+    n_rows, cap = vals_BC.shape
+    slot = torch.where(keep_BC, keep_BC.long().cumsum(1) - 1, cap)
+    vals = vals_BC.new_zeros(n_rows, cap + 1).scatter_(1, slot, torch.where(keep_BC, vals_BC, 0))
+    idx = idx_BC.new_zeros(n_rows, cap + 1).scatter_(1, slot, torch.where(keep_BC, idx_BC, 0))
+    return vals[:, :k_max].contiguous(), idx[:, :k_max].contiguous()
