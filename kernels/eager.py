@@ -138,6 +138,34 @@ def normalize_rows_(W_dec_FD: torch.Tensor, eps: float = 1e-8) -> None:
     W_dec_FD.div_(W_dec_FD.norm(dim=1, keepdim=True).clamp_min_(eps))
 
 
+def _batch_candidates(pre_BF: torch.Tensor, k_total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global top-k_total of `pre_BF` as (values, flat positions), via per-row candidates.
+
+    1. Each row's `cap` largest values (4x the mean share) are candidates; take the global
+       top-k_total among them.
+    2. A row all of whose candidates were chosen may own more winners: its whole row joins the
+       candidates and the global top-k_total is taken again. The threshold can only rise, so the
+       other rows' uncandidated values (below their chosen minimum) still cannot win: exact.
+    A [B, cap] top-k plus small global ones is far cheaper than a top-k over all B * F values.
+    """
+    n_rows, d_sae = pre_BF.shape
+    cap = min(d_sae, max(16, 4 * -(-k_total // n_rows)))
+    cand_vals, cand_idx = pre_BF.topk(cap, dim=-1, sorted=False)
+    vals, pos = cand_vals.reshape(-1).topk(k_total, sorted=False)
+    rows = pos // cap
+    full_B = torch.bincount(rows, minlength=n_rows) >= cap
+    if cap == d_sae or not bool(full_B.any()):
+        return vals, rows * d_sae + cand_idx.reshape(-1)[pos]
+    row_ids = torch.arange(n_rows, device=pre_BF.device)
+    part_rows = row_ids[~full_B]
+    full_rows = row_ids[full_B]
+    all_vals = torch.cat([cand_vals[part_rows].reshape(-1), pre_BF[full_rows].reshape(-1)])
+    all_pos = torch.cat([(part_rows[:, None] * d_sae + cand_idx[part_rows]).reshape(-1),
+                         (full_rows[:, None] * d_sae + torch.arange(d_sae, device=pre_BF.device)).reshape(-1)])
+    vals, sel = all_vals.topk(k_total, sorted=False)
+    return vals, all_pos[sel]
+
+
 def batch_topk_select(
     pre_BF: torch.Tensor, b_enc_F: torch.Tensor, k_total: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +178,7 @@ def batch_topk_select(
     n_rows, d_sae = pre_BF.shape
     pre_BF.add_(b_enc_F.to(pre_BF.dtype))
     k_total = min(k_total, pre_BF.numel())
-    flat_vals, flat_pos = pre_BF.view(-1).topk(k_total, sorted=False)
+    flat_vals, flat_pos = _batch_candidates(pre_BF, k_total)
     keep = flat_vals > 0
     flat_vals, flat_pos = flat_vals[keep], flat_pos[keep]
     row, col = flat_pos // d_sae, flat_pos % d_sae
