@@ -178,7 +178,8 @@ class Trainer:
         sae = SparseAutoencoder(cfg, device=self.device, seed=self.tc.seed + i)
         fused = self.device.type in ("cuda", "cpu")
         optim = torch.optim.Adam(sae.parameters(), lr=self.tc.lr, betas=self.tc.adam_betas, fused=fused)
-        name = self.cfg.saes[i].name or (cfg.hook_name if len(self.cfg.saes) == 1 else
+        same_hook = sum(c.hook_name == cfg.hook_name for c in self.sae_cfgs)
+        name = self.cfg.saes[i].name or (cfg.hook_name if same_hook == 1 else
                                          f"{cfg.hook_name}.{cfg.activation}.k{cfg.k}.d{cfg.d_sae}")
         since = torch.zeros(cfg.d_sae, dtype=torch.int64, device=self.device)
         return Member(name=name, hook=cfg.hook_name, sae=sae, optim=optim, since_fired_F=since)
