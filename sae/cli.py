@@ -60,6 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_json(p)
 
+    p = sub.add_parser("dashboard", help="feature dashboard (offline HTML) for an SAE's latents")
+    p.add_argument("--sae", help="SAE folder (ours, SAELens or sparsify)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the model the SAE reads")
+    p.add_argument("--data", help=".txt, .jsonl, .csv/.tsv, or hf:NAME[:config][:split]")
+    p.add_argument("--tokens", type=int, default=50_000, help="tokens to analyse")
+    p.add_argument("--out", required=True, help="output folder (index.html, latents/, feature-data/)")
+    p.add_argument("--latents", default=None, help="latents to show, e.g. 0-99,7 (default: all)")
+    p.add_argument("--feature-data", default=None,
+                   help="rebuild from a feature-data folder of an earlier run instead of computing")
+    p.add_argument("--labels", default=None, help='JSON file {"<latent id>": "label", ...}')
+    p.add_argument("--neuronpedia", action="store_true", help="also write Neuronpedia feature JSON")
+    p.add_argument("--context", type=int, default=128, help="tokens per block (BOS included)")
+    p.add_argument("--batch", type=int, default=8, help="blocks per forward pass")
+    p.add_argument("--text-field", default="text", help="JSONL field or CSV/TSV column with the text")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_json(p)
+
     p = sub.add_parser("report", help="write report.html for a training run folder")
     p.add_argument("run", help="run folder holding metrics.jsonl")
     _add_json(p)
@@ -109,6 +126,24 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return res.to_dict()
 
 
+def cmd_dashboard(args: argparse.Namespace) -> dict[str, Any]:
+    from .analysis.features import FeatureConfig
+    from .dashboard.features import build_dashboard
+
+    cfg = FeatureConfig(context=args.context, batch=args.batch, text_field=args.text_field)
+    res = build_dashboard(args.out, sae_path=args.sae, model=args.model, source=args.data,
+                          n_tokens=args.tokens, latents=args.latents, cfg=cfg,
+                          feature_data=args.feature_data, labels=args.labels,
+                          neuronpedia=args.neuronpedia, device=_device(args.device),
+                          progress=not args.json)
+    return {"index": str(res.dashboard.index), "latents": res.dashboard.n_latents,
+            "tokens": res.n_tokens, "feature_data": str(res.feature_data),
+            "seconds_features": round(res.seconds_features, 3),
+            "seconds_html": round(res.dashboard.seconds, 3),
+            "megabytes": round(res.dashboard.megabytes, 1),
+            "neuronpedia_files": len(res.neuronpedia)}
+
+
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from .dashboard.report import write_report
 
@@ -118,6 +153,7 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
+    "dashboard": cmd_dashboard,
 }
 
 
