@@ -80,6 +80,36 @@ def write_json_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _header(path: Path) -> tuple[int, dict[str, Any]]:
+    with path.open("rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(header_len))
+    header.pop("__metadata__", None)
+    return 8 + header_len, header
+
+
+def read_into(path: Path, name: str, out: torch.Tensor) -> None:
+    """Read tensor `name` of a safetensors file straight into the contiguous CPU tensor `out`.
+
+    One sequential read with no intermediate copy: several times faster than touching a fresh
+    memory map page by page when the whole tensor is wanted.
+    """
+    data_start, header = _header(path)
+    start, stop = header[name]["data_offsets"]
+    target = out.view(-1).view(torch.uint8).numpy()
+    if target.nbytes != stop - start:
+        raise CacheError(f"{path}: tensor {name} holds {stop - start} bytes, expected {target.nbytes}.")
+    with path.open("rb", buffering=0) as fh:
+        fh.seek(data_start + start)
+        view = memoryview(target)
+        done = 0
+        while done < len(view):
+            n = fh.readinto(view[done:])
+            if not n:
+                raise CacheError(f"{path} is shorter than its header says; rebuild the cache.")
+            done += n
+
+
 def mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file as a read-only memory map (no copy)."""
     with path.open("rb") as fh:
@@ -263,7 +293,13 @@ class ActivationCache:
     def activations(self, hook: str | None = None) -> torch.Tensor:
         """All rows [N, D] of one hook (the first by default), in harvest order."""
         hook = hook or self.hooks[0]
-        return torch.cat([self.shard_acts(hook, i) for i in range(len(self.shards))])
+        self._check_hook(hook)
+        out = torch.empty(self.n_rows, self.d_in(hook), dtype=self._dtype())
+        for i, shard in enumerate(self.shards):
+            rel = f"acts/{hook}/{shard.name}"
+            self._file(rel)  # verifies the checksum on first use
+            read_into(self.root / rel, "acts", out[shard.start:shard.start + shard.rows])
+        return out
 
     def tokens(self) -> torch.Tensor:
         """Token id of every row [N]."""
