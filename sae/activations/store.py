@@ -295,7 +295,7 @@ class ActivationCache:
         hook = hook or self.hooks[0]
         self._check_hook(hook)
         out = torch.empty(self.n_rows, self.d_in(hook), dtype=self._dtype())
-        for i, shard in enumerate(self.shards):
+        for shard in self.shards:
             rel = f"acts/{hook}/{shard.name}"
             self._file(rel)  # verifies the checksum on first use
             read_into(self.root / rel, "acts", out[shard.start:shard.start + shard.rows])
