@@ -26,8 +26,7 @@ import torch  # noqa: E402
 # of subprocesses started with OMP_NUM_THREADS=1.
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "data" / "wikitext-2-valid.txt"
+from tests._data import CORPUS, REPO  # noqa: E402,F401
 
 TINY_VOCAB = 512
 TINY_LAYERS = 3

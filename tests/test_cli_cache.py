@@ -132,8 +132,9 @@ def test_hub_name_offline_is_a_sentence(cli, tiny_corpus, tmp_path, capsys):
 @pytest.mark.slow
 def test_smollm2_cache_equals_hf_hidden_states(tmp_path, capsys):
     """The real bundled model: rows equal a plain transformers forward's hidden_states[7]."""
-    from conftest import CORPUS
     from transformers import AutoModelForCausalLM
+
+    from tests._data import CORPUS
 
     out = tmp_path / "smol"
     code = main(["cache", "--model", "smollm2-135m-instruct", "--data", str(CORPUS),

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import torch
-from conftest import CORPUS
 from safetensors.torch import load_file
 
 from sae.activations import CacheError, build_cache, open_cache
 from sae.activations.store import sha256_file
+from tests._data import CORPUS
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]
 N_TOKENS, CONTEXT, BATCH = 8000, 32, 2

@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_features_dashboard import D_SAE, HOSTILE, build_tiny_dashboard
+
+from tests.dashboard.test_features_dashboard import D_SAE, HOSTILE, build_tiny_dashboard
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -37,3 +37,10 @@ def dense(vals_BK: torch.Tensor, idx_BK: torch.Tensor, n_out: int) -> torch.Tens
 def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5) -> None:
     """assert_close after moving to the CPU and float64 (dtypes are checked separately)."""
     torch.testing.assert_close(actual.cpu().double(), expected.cpu().double(), rtol=rtol, atol=atol)
+
+
+def has_gpu() -> bool:
+    """A CUDA GPU with compiled (not interpreted) Triton kernels."""
+    import os
+
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"

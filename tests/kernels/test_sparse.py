@@ -131,9 +131,9 @@ def test_zero_rows_normalize_to_zero(device):
 @pytest.mark.gpu
 def test_gpu_sizes(gen):
     """Training sizes: d_in 768, d_sae 32768, k 32, batch 1024, on the GPU only."""
-    from conftest import HAS_GPU
+    from kernel_refs import has_gpu
 
-    if not HAS_GPU:
+    if not has_gpu():
         pytest.skip("needs a CUDA GPU and TRITON_INTERPRET unset or 0")
     n_rows, k, d_sae, d_in = 1024, 32, 32768, 768
     vals, idx = _code(gen, n_rows, k, d_sae)
