@@ -65,9 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
-    from sae.activations import Harvester
-
     import tempfile
+
+    from sae.activations import Harvester
 
     hf, model = build(torch.bfloat16, tempfile.mkdtemp())
     toks = torch.randint(1, hf.config.vocab_size, (args.batch, args.context), device="cuda")
