@@ -37,6 +37,8 @@ def curve_figures(rows: list[dict[str, Any]]) -> list[Any]:
     tokens = [r["tokens"] for r in rows]
     figs = []
     for curve, per_sae in _series(rows).items():
+        if curve in ("aux", "sparsity") and not any(v for vs in per_sae.values() for v in vs):
+            continue  # the term was never active (e.g. TopK without dead latents): nothing to plot
         fig = go.Figure()
         for sae, values in per_sae.items():
             fig.add_trace(go.Scatter(x=tokens, y=values, mode="lines", name=sae or curve))
@@ -62,20 +64,46 @@ def density_figure(name: str, density: list[float]) -> Any:
     return fig
 
 
+_CARDS = (("l0", "L0"), ("fvu", "FVU (held out)"), ("dead_frac", "dead latents"),
+          ("ce_loss_recovered", "CE loss recovered"), ("kl", "KL, nats/token"))
+
+
+def _cards(summary: dict[str, Any]) -> str:
+    """Headline numbers: training-holdout ones first, then the spliced eval's (eval*.json)."""
+    flat = dict(summary)
+    for key, value in summary.items():
+        if key.startswith("eval") and isinstance(value, dict):
+            flat.update({k: v for k, v in value.items() if k in ("ce_loss_recovered", "kl")})
+    cards = []
+    for key, label in _CARDS:
+        if isinstance(flat.get(key), (int, float)):
+            value = flat[key]
+            text = f"{100 * value:.2f}%" if key == "dead_frac" else f"{value:.4g}"
+            cards.append(f"<div class='card'><div class='lbl'>{html.escape(label)}</div>"
+                         f"<div class='val'>{html.escape(text)}</div></div>")
+    return f"<div class='cards'>{''.join(cards)}</div>" if cards else ""
+
+
 def render_page(title: str, figures: list[Any], summary: dict[str, Any] | None = None) -> str:
-    """A self-contained HTML page with plotly.js inlined once."""
+    """A self-contained HTML page with plotly.js inlined once: headline numbers, the figures,
+    then every number of the run in a table."""
     from plotly.offline import get_plotlyjs
 
     divs = [fig.to_html(full_html=False, include_plotlyjs=False) for fig in figures]
-    table = f"<table>{_rows(summary)}</table>" if summary else ""
+    details = f"<h2>Details</h2><table>{_rows(summary)}</table>" if summary else ""
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:20px} .grid{display:grid;"
-        "grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}"
-        "table{border-collapse:collapse} th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}</style>"
+        "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
+        ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}"
+        ".cards{display:flex;gap:12px;margin:12px 0 20px}"
+        ".card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:120px}"
+        ".lbl{font-size:12px;color:#666;text-transform:uppercase}.val{font-size:20px;font-weight:600}"
+        "table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ddd;padding:3px 8px;"
+        "text-align:left;vertical-align:top}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
-        f"<h1>{html.escape(title)}</h1>{table}<div class='grid'>{''.join(divs)}</div></body></html>"
+        f"<h1>{html.escape(title)}</h1>{_cards(summary or {})}<div class='grid'>{''.join(divs)}</div>"
+        f"{details}</body></html>"
     )
 
 

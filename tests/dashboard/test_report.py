@@ -15,7 +15,7 @@ def test_report_is_offline_and_has_every_curve(tmp_path):
                                                                                 "n_rows": 100}))
     (tmp_path / "result.json").write_text(json.dumps({"note": "<script>alert(1)</script>"}))
     html = write_report(tmp_path).read_text()
-    assert html.count("Plotly.newPlot") == 8  # 7 curves + 1 density histogram
+    assert html.count("Plotly.newPlot") == 7  # 6 curves (sparsity never active: left out) + density
     assert "<script src" not in html and "<link" not in html  # nothing fetched: plotly.js is inline
     assert html.count("plotly.js v") <= 2  # the library's banner appears once, inlined
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
