@@ -23,7 +23,9 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sae", description="Sparse autoencoders on transformer activations: harvest a cache, train, "
+        "evaluate, and explore the features. Every command takes --json for one line of JSON output.")
     parser.add_argument("--version", action="version", version="sae-toolkit 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True)
 
