@@ -2,10 +2,10 @@
 
 The SAELens side of the quality comparison. Runs in the SAELens venv, not the project's:
 
-    python3 -m venv /work/venvs/saelens
-    /work/venvs/saelens/bin/pip install torch==2.13.0
-    /work/venvs/saelens/bin/pip install "sae-lens>=6,<7"      # resolved to 6.54.12
-    /work/venvs/saelens/bin/python benchmarks/quality_saelens.py \
+    python3 -m venv $SAELENS_VENV
+    $SAELENS_VENV/bin/pip install torch==2.13.0
+    $SAELENS_VENV/bin/pip install "sae-lens>=6,<7"      # resolved to 6.54.12
+    $SAELENS_VENV/bin/python benchmarks/quality_saelens.py \
         --train train.safetensors --heldout heldout.safetensors --width 4096 --k 32
 
 Both files hold one tensor `acts` [N, d_in] (float32). Output: one JSON line on stdout,

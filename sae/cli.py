@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_json(p)
 
+    from .analysis.behaviour.cli_snippet import add_parser as add_behaviour_parser
+
+    add_behaviour_parser(sub)
+
     p = sub.add_parser("report", help="write report.html for a training run folder")
     p.add_argument("run", help="run folder holding metrics.jsonl")
     _add_json(p)
@@ -153,9 +157,15 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     return {"report": str(path)}
 
 
+def cmd_behaviour(args: argparse.Namespace) -> dict[str, Any]:
+    from .analysis.behaviour.cli_snippet import cmd_behaviour as run
+
+    return run(args)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
-    "dashboard": cmd_dashboard,
+    "dashboard": cmd_dashboard, "behaviour": cmd_behaviour,
 }
 
 
