@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     from .analysis.behaviour.cli_snippet import add_parser as add_behaviour_parser
 
     add_behaviour_parser(sub)
+    from .analysis.circuits.cli_snippet import add_parser as add_circuit_parser
+
+    add_circuit_parser(sub)
 
     p = sub.add_parser("report", help="write report.html for a training run folder")
     p.add_argument("run", help="run folder holding metrics.jsonl")
@@ -163,9 +166,15 @@ def cmd_behaviour(args: argparse.Namespace) -> dict[str, Any]:
     return run(args)
 
 
+def cmd_circuit(args: argparse.Namespace) -> dict[str, Any]:
+    from .analysis.circuits.cli_snippet import cmd_circuit as run
+
+    return run(args)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "cache": cmd_cache, "train": cmd_train, "eval": cmd_eval, "report": cmd_report,
-    "dashboard": cmd_dashboard, "behaviour": cmd_behaviour,
+    "dashboard": cmd_dashboard, "behaviour": cmd_behaviour, "circuit": cmd_circuit,
 }
 
 

@@ -51,3 +51,14 @@ def test_cli_errors_are_sentences(tmp_path, capsys):
     assert "Unknown key train.learning_rate. Did you mean 'lr'?" in err and "Traceback" not in err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    """`sae --help` answers instantly: no subcommand drags in torch at parse time."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sae.cli\ntry:\n    sae.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -27,6 +27,9 @@ from ..model import SparseAutoencoder
 LatentEdit = Callable[[torch.Tensor], torch.Tensor]
 """Takes latents [N, T, F] and returns edited latents of the same shape."""
 
+ErrorEdit = Callable[[torch.Tensor], torch.Tensor]
+"""Takes the error term [N, T, D] and returns an edited one of the same shape."""
+
 
 @dataclass
 class SpliceRun:
@@ -73,26 +76,30 @@ class SplicedModel:
 
     def run(self, tokens_NT: torch.Tensor, edits: dict[str, LatentEdit] | None = None,
             mask_NT: torch.Tensor | None = None, grad: bool = False, through: bool = False,
-            keep_error: bool = True) -> SpliceRun:
+            keep_error: bool = True, error_edits: dict[str, ErrorEdit] | None = None) -> SpliceRun:
         """One forward pass with every SAE spliced in.
 
         `edits[hook]` changes that hook's latents. `grad=True` records latents and errors as
         leaves requiring grad (attribution w.r.t. them); `through=True` additionally lets
         gradients flow through them into earlier layers (for edges between spliced layers).
-        `keep_error=False` drops the error term (the SAE-only model).
+        `keep_error=False` drops the error term (the SAE-only model). `error_edits[hook]` replaces
+        that hook's error term (patching or ablating the error node).
         """
         tokens_NT = tokens_NT.to(self.model.device)
         mask = None if mask_NT is None else mask_NT.to(self.model.device)
         out = SpliceRun(logits_NTV=torch.empty(0))
-        hooks = [(hook, self._hook_fn(hook, (edits or {}).get(hook), mask, grad, through, keep_error, out))
+        edits, error_edits = edits or {}, error_edits or {}
+        hooks = [(hook, self._hook_fn(hook, (edits.get(hook), error_edits.get(hook)), mask, grad, through,
+                                      keep_error, out))
                  for hook in self.saes]
         with torch.set_grad_enabled(grad or through):
             out.logits_NTV = self.model.bridge.run_with_hooks(tokens_NT, fwd_hooks=hooks)
         return out
 
-    def _hook_fn(self, name: str, edit: LatentEdit | None, mask: torch.Tensor | None, grad: bool,
-                 through: bool, keep_error: bool, out: SpliceRun):
+    def _hook_fn(self, name: str, edits: tuple[LatentEdit | None, ErrorEdit | None],
+                 mask: torch.Tensor | None, grad: bool, through: bool, keep_error: bool, out: SpliceRun):
         sae = self.saes[name]
+        edit, error_edit = edits
 
         def fn(x_NTD: torch.Tensor, hook=None) -> torch.Tensor:  # `hook` is TransformerLens's HookPoint
             x_in = x_NTD if through else x_NTD.detach()
@@ -102,11 +109,16 @@ class SplicedModel:
                 f_NTF = f_NTF.detach().requires_grad_(True)
                 err_NTD = err_NTD.detach().requires_grad_(True)
             elif grad and through:
+                # The error was computed from f, so f's own gradient would cancel to zero
+                # (decode(f) + x - decode(f)); a copy that feeds only the decoder carries the partial
+                # derivative dm/df = W_dec dm/dx' while x keeps its exact total derivative.
+                f_NTF = f_NTF.clone()
                 f_NTF.retain_grad()
                 err_NTD.retain_grad()
             out.latents[name], out.errors[name] = f_NTF, err_NTD
             f_used = edit(f_NTF) if edit is not None else f_NTF
-            new_NTD = sae.decode(f_used) + (err_NTD if keep_error else 0.0)
+            err_used = error_edit(err_NTD) if error_edit is not None else err_NTD
+            new_NTD = sae.decode(f_used) + (err_used if keep_error else 0.0)
             if mask is not None:
                 new_NTD = torch.where(mask[..., None], new_NTD, x_NTD.float())
             return new_NTD.to(x_NTD.dtype)
