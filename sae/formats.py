@@ -53,6 +53,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from ._io import fsync_path
 from .config import SAEConfig, build, to_dict
 from .model import SparseAutoencoder
 
@@ -167,17 +168,9 @@ def _write_folder_atomically(path: Path, files: dict[str, bytes]) -> None:
         if old is not None and old.exists() and not path.exists():
             os.replace(old, path)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- load --------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .._io import fsync_path, write_json_atomic
+
 FORMAT_VERSION = 1
 _ST_DTYPES = {"F32": (np.float32, torch.float32), "BF16": (np.int16, torch.bfloat16),
               "F16": (np.float16, torch.float16), "I32": (np.int32, torch.int32),
@@ -59,25 +61,9 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> str:
     tmp = path.with_name(f".tmp-{path.name}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     digest = sha256_file(tmp)
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
     return digest
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file to disk, so that a rename after it never exposes a short file after a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def _header(path: Path) -> tuple[int, dict[str, Any]]:
@@ -112,11 +98,8 @@ def read_into(path: Path, name: str, out: torch.Tensor) -> None:
 
 def mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file as a read-only memory map (no copy)."""
-    with path.open("rb") as fh:
-        (header_len,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(header_len))
-    header.pop("__metadata__", None)
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    data_start, header = _header(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start)
     out = {}
     for name, info in header.items():
         np_dtype, torch_dtype = _ST_DTYPES[info["dtype"]]
