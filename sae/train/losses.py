@@ -31,8 +31,12 @@ class LossParts(NamedTuple):
 
 
 def compute_loss(sae: SparseAutoencoder, x_BD: torch.Tensor, out: ForwardOutput, aux_coef: float,
-                 sparsity_coef: float) -> LossParts:
-    """Total loss for one batch (see the module docstring)."""
+                 sparsity_coef: float, aux_active: torch.Tensor | None = None) -> LossParts:
+    """Total loss for one batch (see the module docstring).
+
+    `aux_active` (a 0-dim tensor, 0 or 1) switches the AuxK term off without a host sync when
+    the AuxK selection ran over a mask with no dead latents.
+    """
     scale = sae.input_scale
     err_BD = (out.recon_BD - x_BD) * scale
     sq_err_B = err_BD.pow(2).sum(-1)
@@ -43,6 +47,8 @@ def compute_loss(sae: SparseAutoencoder, x_BD: torch.Tensor, out: ForwardOutput,
     aux = sparsity = zero
     if out.aux_idx_BK is not None and out.aux_idx_BK.shape[1] > 0:
         aux = auxk_loss(sae, err_BD.detach(), out.aux_vals_BK, out.aux_idx_BK)
+        if aux_active is not None:
+            aux = aux * aux_active
     if sae.cfg.activation == "relu":
         sparsity = (out.latents_BF * sae.W_dec.norm(dim=1)).sum(-1).mean()
     elif sae.cfg.activation == "jumprelu":

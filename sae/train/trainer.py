@@ -264,11 +264,18 @@ class Trainer:
             group["lr"] = lr
         topk_family = cfg.activation in ("topk", "batchtopk")
         dead_F = m.since_fired_F >= tc.dead_tokens if topk_family and tc.aux_k > 0 else None
-        if dead_F is not None and not bool(dead_F.any()):
-            dead_F = None  # no dead latents: skip the second selection and the AuxK term
+        aux_active = None
+        if dead_F is not None:
+            if self.device.type == "cpu":
+                if not bool(dead_F.any()):
+                    dead_F = None  # no dead latents: skip the second selection and the AuxK term
+            else:
+                # On a GPU a host sync per step stalls the queue; the selection over an all-False
+                # mask yields zero values (no gradient) and the term is switched off on device.
+                aux_active = dead_F.any().to(x_BD.dtype)
         out = m.sae(x_BD, dead_F, tc.aux_k if dead_F is not None else 0)
         coef = penalty_at(self.step, tc.sparsity_coef, tc.sparsity_warmup_steps)
-        parts = compute_loss(m.sae, x_BD, out, tc.aux_coef, coef)
+        parts = compute_loss(m.sae, x_BD, out, tc.aux_coef, coef, aux_active)
         parts.total.backward()
         self._all_reduce_grads(m)
         if tc.normalize_decoder:
