@@ -103,9 +103,15 @@ def resolve_spec(spec: str) -> tuple[str, Path | None]:
 
 
 def _fp32_copy_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / "models" / f"{gguf.stem}-{key}"
+    """Where the fp32 copy of `gguf` lives, keyed by the file's content (its size and its first
+    and last MiB), so every venv or clone holding the same wheel shares one copy."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        digest.update(fh.read(1 << 20))
+    return cache_root() / "models" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
 
 
 def _convert_gguf(gguf: Path, dest: Path) -> None:

@@ -86,3 +86,15 @@ def test_bundled_alias_and_gguf_file_load_fast_from_the_fp32_copy():
     assert len(by_path.tokenizer) == 49152 and by_path.tokenizer.chat_template
     assert torch.equal(by_alias.bridge.blocks[3].mlp.out.weight, by_path.bridge.blocks[3].mlp.out.weight)
     assert seconds < 3.0, f"reloading the fp32 copy took {seconds:.2f} s"
+
+
+def test_fp32_copy_is_keyed_by_content_not_path(monkeypatch, tmp_path):
+    """Two installs of the same wheel (other venvs, other clones) share one converted copy."""
+    monkeypatch.setenv("SAE_CACHE_DIR", str(tmp_path / "cache"))
+    payload = bytes(range(256)) * 12_000  # ~3 MB, so the head and tail reads do not overlap
+    a, b, c = (tmp_path / d / "model.gguf" for d in ("venv1", "venv2", "other"))
+    for path, data in ((a, payload), (b, payload), (c, payload[:-1] + b"\x01")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    assert sae.lm._fp32_copy_dir(a) == sae.lm._fp32_copy_dir(b)
+    assert sae.lm._fp32_copy_dir(a) != sae.lm._fp32_copy_dir(c)
