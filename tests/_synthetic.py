@@ -41,3 +41,22 @@ def write_cache(out: Path, acts: dict[str, torch.Tensor], context: int = 16, row
                          torch.zeros(nb, context, dtype=torch.int32))
     writer.finish(n_rows=n)
     return out
+
+
+def centred_sae(model, source, activation: str = "topk", d_sae: int = 40, k: int = 5, seed: int = 1,
+                hook: str = "blocks.1.hook_resid_post"):
+    """A random SAE centred on the corpus's activations at `hook`, so that most latents fire sometimes."""
+    from sae.activations import Harvester, pack_blocks
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(d_in=model.d_model, d_sae=d_sae, activation=activation, k=k,
+                                      hook_name=hook), seed=seed)
+    blocks = pack_blocks(str(source), model.tokenizer, 32, 256)
+    with torch.inference_mode():
+        x_BD = Harvester(model, [hook]).run(blocks.tokens_NT)[hook][blocks.keep_NT]
+    with torch.no_grad():
+        sae.b_dec.copy_(x_BD.mean(0))
+        sae.W_enc.div_(x_BD.std(0).mean())
+        sae.b_enc.fill_(-0.5 if activation == "relu" else 0.0)
+    return sae

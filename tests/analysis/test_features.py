@@ -15,8 +15,8 @@ from sae.analysis.features import (
     quantile_groups,
     save_features,
 )
-from sae.config import SAEConfig
 from sae.model import SparseAutoencoder
+from tests._synthetic import centred_sae
 
 HOOK = "blocks.1.hook_resid_post"
 N_TOKENS = 1200
@@ -25,17 +25,7 @@ CFG = FeatureConfig(n_top=6, n_quantiles=4, per_quantile=3, window_left=5, windo
 
 
 def _sae(activation: str, model, source, seed: int = 1) -> SparseAutoencoder:
-    """A random SAE centred on the corpus's mean activation, so that most latents fire sometimes."""
-    sae = SparseAutoencoder(SAEConfig(d_in=model.d_model, d_sae=40, activation=activation, k=5,
-                                      hook_name=HOOK), seed=seed)
-    blocks = pack_blocks(str(source), model.tokenizer, 32, 256)
-    with torch.inference_mode():
-        x_BD = Harvester(model, [HOOK]).run(blocks.tokens_NT)[HOOK][blocks.keep_NT]
-    with torch.no_grad():
-        sae.b_dec.copy_(x_BD.mean(0))
-        sae.W_enc.div_(x_BD.std(0).mean())
-        sae.b_enc.fill_(-0.5 if activation == "relu" else 0.0)
-    return sae
+    return centred_sae(model, source, activation, d_sae=40, k=5, seed=seed, hook=HOOK)
 
 
 def _brute_force(sae, model, source, cfg):

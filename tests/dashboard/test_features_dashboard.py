@@ -8,14 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
-from sae.activations import Harvester, pack_blocks
 from sae.analysis.features import FeatureConfig, compute_features, load_features, save_features
-from sae.config import SAEConfig
 from sae.dashboard.features import ASSETS, write_dashboard
 from sae.dashboard.neuronpedia import write_neuronpedia
 from sae.model import SparseAutoencoder
+from tests._synthetic import centred_sae
 
 HOOK = "blocks.1.hook_resid_post"
 D_SAE = 48
@@ -34,15 +32,7 @@ def hostile_corpus(tiny_corpus: Path, folder: Path) -> Path:
 
 
 def tiny_sae(model, source: Path) -> SparseAutoencoder:
-    """A random TopK SAE centred on the corpus's activations, so that most latents fire."""
-    sae = SparseAutoencoder(SAEConfig(d_in=model.d_model, d_sae=D_SAE, activation="topk", k=6, hook_name=HOOK), seed=3)
-    blocks = pack_blocks(str(source), model.tokenizer, 32, 256)
-    with torch.inference_mode():
-        x_BD = Harvester(model, [HOOK]).run(blocks.tokens_NT)[HOOK][blocks.keep_NT]
-    with torch.no_grad():
-        sae.b_dec.copy_(x_BD.mean(0))
-        sae.W_enc.div_(x_BD.std(0).mean())
-    return sae
+    return centred_sae(model, source, "topk", d_sae=D_SAE, k=6, seed=3, hook=HOOK)
 
 
 def build_tiny_dashboard(model, tiny_corpus: Path, folder: Path):

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..._argtypes import int_list
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -20,13 +22,6 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(t) for t in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers such as -4,-2,0,2,4; got {text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,4,16; got {text!r}") from None
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -43,7 +38,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--test-frac", type=float, default=0.4, help="fraction of items held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-top", type=int, default=10, help="latents reported and labelled")
-    p.add_argument("--probe-k", type=_ints, default=(1, 4, 16), help="sparse probe sizes, e.g. 1,4,16")
+    p.add_argument("--probe-k", type=int_list, default=(1, 4, 16), help="sparse probe sizes, e.g. 1,4,16")
     p.add_argument("--scales", type=_floats, default=(-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0),
                    help="steering strengths in units of the latent's typical activation; write --scales=-4,-2,0,2,4")
     p.add_argument("--mode", default="add", choices=["add", "clamp"], help="steering edit")

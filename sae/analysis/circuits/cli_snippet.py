@@ -16,6 +16,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..._argtypes import int_list
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -24,13 +26,6 @@ def _sae_spec(text: str) -> tuple[str, str]:
     if not sep or not hook or not path:
         raise argparse.ArgumentTypeError(f"expected HOOK=DIR such as blocks.9.hook_resid_post=runs/x/sae; got {text!r}")
     return hook, path
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,5,20; got {text!r}") from None
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -50,7 +45,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--check-pairs", type=int, default=None,
                    help="pairs for the intervention checks (default all; they cost a forward per node)")
     p.add_argument("--check-top", type=int, default=50, help="top nodes compared with their patching effect")
-    p.add_argument("--curve", type=_sizes, default=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+    p.add_argument("--curve", type=int_list, default=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
                    help="circuit sizes for the faithfulness curve, e.g. 0,5,20,100")
     p.add_argument("--ablation", default="patch", choices=["patch", "mean"])
     p.add_argument("--max-nodes", type=int, default=60, help="nodes drawn in the graph")
