@@ -3,4 +3,4 @@
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "data" / "wikitext-2-valid.txt"
+CORPUS = REPO / "sae" / "_bundled" / "wikitext-2-valid.txt"

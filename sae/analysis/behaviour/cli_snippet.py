@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-select", type=int, default=None, help="train items removal is chosen on (default all)")
     p.add_argument("--n-causal", type=int, default=None, help="held-out items for steering/removal (default all)")
     p.add_argument("--corpus", default=None, help="ordinary text for the CE cost and label contexts "
-                                                  "(default data/wikitext-2-valid.txt)")
+                                                  "(default: the bundled WikiText-2 validation split)")
     p.add_argument("--ce-tokens", type=int, default=2048, help="tokens of ordinary text for the CE cost (0 skips)")
     p.add_argument("--label-tokens", type=int, default=8192, help="corpus tokens scanned for label contexts")
     p.add_argument("--max-completion-tokens", type=int, default=32)

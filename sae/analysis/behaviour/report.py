@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..._bundled import bundled_path
 from ...lm import LoadedModel
 from ...model import SparseAutoencoder
 from ..labels import LabelConfig, label_latents
@@ -43,7 +43,7 @@ from .datasets import BehaviourDataset
 from .metrics import BehaviourScore, EncodedSet, MetricConfig, encode, score
 from .ranking import LatentRanking, SideFeatures, attribution, probe_baselines, rank_latents, side_features
 
-DEFAULT_CORPUS = str(Path(__file__).resolve().parents[3] / "data" / "wikitext-2-valid.txt")
+DEFAULT_CORPUS = str(bundled_path("wikitext-2-valid.txt"))  # shipped in the package (sae/_bundled)
 
 
 @dataclass

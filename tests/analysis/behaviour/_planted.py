@@ -28,7 +28,7 @@ HOOK = "blocks.1.hook_resid_post"
 S, S_PROMPT, GAMMA = 0.3, 0.15, 0.5
 D_SAE = 64
 N_ITEMS = 48
-CORPUS = Path(__file__).resolve().parents[3] / "data" / "wikitext-2-valid.txt"
+CORPUS = Path(__file__).resolve().parents[3] / "sae" / "_bundled" / "wikitext-2-valid.txt"
 
 
 def directions(d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
