@@ -32,7 +32,7 @@ from sae.lm import DEFAULT_MODEL, load_model
 from sae.model import SparseAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "data" / "wikitext-2-valid.txt"
+CORPUS = ROOT / "sae" / "_bundled" / "wikitext-2-valid.txt"
 HOOK = "blocks.6.hook_resid_post"
 QUICKSTART_SAE = ROOT / "runs" / "quickstart" / "train" / "saes" / HOOK
 

@@ -27,7 +27,7 @@ from sae.activations import Harvester, open_cache, pack_blocks
 from sae.activations.store import CacheWriter
 from sae.lm import DEFAULT_MODEL, _fp32_copy_dir, bundled_gguf_path, load_model
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "wikitext-2-valid.txt"
+CORPUS = Path(__file__).resolve().parents[1] / "sae" / "_bundled" / "wikitext-2-valid.txt"
 HOOK, LAYER = "blocks.6.hook_resid_post", 6
 
 

@@ -5,7 +5,7 @@ prose. This writes a JSONL file whose records are either {"text": ...} (a WikiTe
 or {"messages": [...]} (an hh-rlhf dialogue, which `sae cache` renders through the model's chat
 template), interleaved.
 
-    python examples/mixed_corpus.py --wiki data/wikitext-2-valid.txt \
+    python examples/mixed_corpus.py --wiki sae/_bundled/wikitext-2-valid.txt \
         --chat path/to/hh-rlhf_harmless-base_test.jsonl.gz --out runs/corpus/mixed.jsonl
 """
 

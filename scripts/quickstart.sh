@@ -8,7 +8,7 @@ OUT=${OUT:-runs/quickstart}
 HOOK=blocks.6.hook_resid_post
 
 echo "== 1/4 harvest $HOOK of SmolLM2-135M-Instruct over WikiText-2 (valid) =="
-sae cache --model smollm2-135m-instruct --data data/wikitext-2-valid.txt --hook "$HOOK" \
+sae cache --model smollm2-135m-instruct --data sae/_bundled/wikitext-2-valid.txt --hook "$HOOK" \
   --tokens 250000 --context 128 --out "$OUT/cache"
 
 echo "== 2/4 train a TopK SAE (d_sae 4608, k 32) =="
