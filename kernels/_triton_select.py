@@ -12,8 +12,8 @@ Per program (ROWS rows, one chunk of BLOCK latents each) the kernel:
    output slot, ties at T filling the slots left after the keys above T;
 4. repeats 2-3 on the same registers for AuxK (the k_aux largest among dead latents).
 A row longer than one chunk is reduced as a tournament: every chunk writes its k candidates and
-the same kernel, reading (value, index) pairs, reduces them until one chunk remains. The [B, F]
-pre-activations are read once; later rounds read n_chunks * k values per row.
+the same kernel, reading (value, index) pairs packed in one int64, reduces them until one chunk
+remains. The [B, F] pre-activations are read once; later rounds read n_chunks * k pairs per row.
 
 BatchTopK (Bussmann et al. 2024, the B*k largest over the batch) takes each row's top-`cap`
 candidates with the row kernel, picks the global threshold among them and checks it is exact:
@@ -34,10 +34,12 @@ from . import eager
 # The compaction packs two counts into one int32 prefix sum: 16 bits each, so at most 2^14 lanes
 # keeps (count << 16) below 2^31.
 MAX_BLOCK = 16384
-# Chunk length on a GPU: 32 keys per thread at 8 warps.
-BASE_BLOCK = 8192
-# Keys per program when short rows are batched into one program.
-TILE = 8192
+# Chunk length on a GPU, and keys per program when short rows share one. At 16 keys per thread
+# (see _num_warps) a 4096-key program compiles to 73 registers per thread for sm_90, so three
+# programs fit an SM's register file; 8192 keys need 145 (one program). Not yet timed on a GPU:
+# benchmarks/train_step_gpu.py sweeps the chunk length and warps to settle it.
+BASE_BLOCK = 4096
+TILE = 4096
 
 
 def interpreting() -> bool:
@@ -80,10 +82,24 @@ def _threshold(keys, k):
 
 
 @triton.jit
-def _select_store(keys, vals, idx, k, out_off, row_ok, out_v_ptr, out_i_ptr, FINAL: tl.constexpr):
-    """Write each row's k lanes with the largest keys (ties at the threshold in lane order) to the
-    k slots at out_off[row].
+def _pack(vals, idx):
+    """(fp32 value, int32 index) -> one int64: value bits high, index low (one store, one load)."""
+    return (vals.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (idx.to(tl.int64) & 0xFFFFFFFF)
 
+
+@triton.jit
+def _unpack(packed):
+    return (packed >> 32).to(tl.int32).to(tl.float32, bitcast=True), packed.to(tl.int32)
+
+
+@triton.jit
+def _select_store(keys, idx, k, out_off, row_ok, out_ptr, FINAL: tl.constexpr):
+    """Write each row's k lanes with the largest keys (ties at the threshold in lane order),
+    packed (value, index), to the k slots at out_off[row].
+
+    A non-negative key is the bit pattern of its ReLU'd value, so values are not kept alongside.
+    Writing values and indices as one int64 per lane needs a third fewer registers than two
+    stores (the per-lane addresses dominate), which lets more programs share an SM.
     Candidates (not FINAL) keep padding visible as value -1 so the next round ranks it last; the
     final output turns every non-selected-latent value into 0 and padding indices into 0.
     """
@@ -94,25 +110,25 @@ def _select_store(keys, vals, idx, k, out_off, row_ok, out_v_ptr, out_i_ptr, FIN
     n_above = tl.sum(above.to(tl.int32), 1)[:, None]
     slot = tl.where(above, (ranks & 0xFFFF) - 1, n_above + (ranks >> 16) - 1)
     take = (above | (tie & (slot < k))) & row_ok[:, None]
+    vals = keys.to(tl.float32, bitcast=True)
     if FINAL:
         out = tl.where(keys >= 0, vals, 0.0)
     else:
         out = tl.where(keys >= 0, vals, tl.where(keys == -1, 0.0, -1.0))
     out_idx = tl.where(keys == -2, 0, idx)
-    dst = out_off[:, None] + slot
-    tl.store(out_v_ptr + dst, out.to(out_v_ptr.dtype.element_ty), mask=take)
-    tl.store(out_i_ptr + dst, out_idx.to(out_i_ptr.dtype.element_ty), mask=take)
+    dst = out_off[:, None] + slot  # offsets first: adding them to a pointer tensor costs registers
+    tl.store(out_ptr + dst, _pack(out, out_idx), mask=take)
 
 
 @triton.jit
 def _select_kernel(
-    src_ptr, src_idx_ptr, bias_ptr, dead_ptr,
-    out_v_ptr, out_i_ptr, aux_v_ptr, aux_i_ptr,
+    src_ptr, bias_ptr, dead_ptr, out_ptr, aux_ptr,
     n_rows, n, stride_src, k, k_aux,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, FROM_CANDIDATES: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_AUX: tl.constexpr, WRITE_BACK: tl.constexpr, FINAL: tl.constexpr,
 ):
-    """ROWS rows x one chunk: load, bias, ReLU, key, then the top-k (and AuxK) of the chunk."""
+    """ROWS rows x one chunk: load, bias, ReLU, key, then the top-k (and AuxK) of the chunk.
+    `src` holds pre-activations, or packed candidates when FROM_CANDIDATES."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
@@ -120,11 +136,12 @@ def _select_kernel(
     row_ok = rows < n_rows
     inside = row_ok[:, None] & (cols < n)[None, :]
     offs = rows[:, None] * stride_src + cols[None, :]
-    x = tl.load(src_ptr + offs, mask=inside, other=0.0)
     if FROM_CANDIDATES:
-        idx = tl.load(src_idx_ptr + offs, mask=inside, other=0)
+        # Latent indices fit int32 (d_sae < 2^31).
+        x, idx = _unpack(tl.load(src_ptr + offs, mask=inside, other=0))
         valid = inside & (x >= 0)
     else:
+        x = tl.load(src_ptr + offs, mask=inside, other=0.0)
         idx = tl.broadcast_to(cols[None, :], [ROWS, BLOCK])
         valid = inside
         if HAS_BIAS:
@@ -135,13 +152,11 @@ def _select_kernel(
     x = x.to(tl.float32)
     relu = tl.where(x > 0, x, 0.0)
     keys = tl.where(valid, relu.to(tl.int32, bitcast=True), -2)
-    out_off = (rows * n_chunks + chunk) * k
-    _select_store(keys, relu, idx, k, out_off, row_ok, out_v_ptr, out_i_ptr, FINAL)
+    _select_store(keys, idx, k, (rows * n_chunks + chunk) * k, row_ok, out_ptr, FINAL)
     if HAS_AUX:
         dead = tl.load(dead_ptr + cols, mask=cols < n, other=0) != 0
         aux_keys = tl.where(dead[None, :] | (keys == -2), keys, -1)
-        aux_off = (rows * n_chunks + chunk) * k_aux
-        _select_store(aux_keys, relu, idx, k_aux, aux_off, row_ok, aux_v_ptr, aux_i_ptr, FINAL)
+        _select_store(aux_keys, idx, k_aux, (rows * n_chunks + chunk) * k_aux, row_ok, aux_ptr, FINAL)
 
 
 def _block_for(n: int, k: int, base: int) -> int | None:
@@ -155,7 +170,8 @@ def _block_for(n: int, k: int, base: int) -> int | None:
 
 
 def _num_warps(tile: int) -> int:
-    return min(16, max(4, tile // 1024))
+    """16 keys per thread: more per thread multiplies the registers the compaction's stores need."""
+    return min(32, max(4, tile // 512))
 
 
 def _rows_per_program(n_rows: int, block: int) -> int:
@@ -164,44 +180,41 @@ def _rows_per_program(n_rows: int, block: int) -> int:
 
 
 def _launch(
-    src: torch.Tensor, src_idx: torch.Tensor | None, k: int, block: int, out_dtype: torch.dtype,
-    *, bias: torch.Tensor | None = None, dead: torch.Tensor | None = None, k_aux: int = 0,
-    write_back: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """One round: per-chunk top-k of every row of `src`; final when a row is one chunk."""
+    src: torch.Tensor, k: int, block: int, *, candidates: bool = False, bias: torch.Tensor | None = None,
+    dead: torch.Tensor | None = None, k_aux: int = 0, write_back: bool = False, num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One round: per-chunk top-k (and top-k_aux) of every row of `src` (pre-activations, or packed
+    candidates), as packed int64 [B, n_chunks * k]; and whether this round was the final one."""
     n_rows, n = src.shape
     n_chunks = triton.cdiv(n, block)
     final = n_chunks == 1
-    dtype = out_dtype if final else torch.float32
-    dev = src.device
-    out_v = torch.empty(n_rows, n_chunks * k, dtype=dtype, device=dev)
-    out_i = torch.empty(n_rows, n_chunks * k, dtype=torch.int64, device=dev)
-    aux_v = torch.empty(n_rows, n_chunks * k_aux, dtype=dtype, device=dev)
-    aux_i = torch.empty(n_rows, n_chunks * k_aux, dtype=torch.int64, device=dev)
+    out = torch.empty(n_rows, n_chunks * k, dtype=torch.int64, device=src.device)
+    aux = torch.empty(n_rows, n_chunks * k_aux, dtype=torch.int64, device=src.device)
     rows = _rows_per_program(n_rows, block)
     _select_kernel[(triton.cdiv(n_rows, rows), n_chunks)](
-        src, src if src_idx is None else src_idx, src if bias is None else bias,
-        src if dead is None else dead.view(torch.uint8),
-        out_v, out_i, aux_v, aux_i,
+        src, src if bias is None else bias, src if dead is None else dead.view(torch.uint8), out, aux,
         n_rows, n, src.stride(0), k, k_aux,
-        ROWS=rows, BLOCK=block, FROM_CANDIDATES=src_idx is not None, HAS_BIAS=bias is not None,
+        ROWS=rows, BLOCK=block, FROM_CANDIDATES=candidates, HAS_BIAS=bias is not None,
         HAS_AUX=k_aux > 0, WRITE_BACK=write_back, FINAL=final,
-        num_warps=_num_warps(rows * block),
+        num_warps=num_warps or _num_warps(rows * block),
     )
-    return out_v, out_i, aux_v, aux_i
+    return out, aux, final
 
 
-def _reduce(
-    vals: torch.Tensor, idx: torch.Tensor, k: int, base: int, out_dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tournament rounds over candidate (value, index) rows until k remain per row."""
-    while True:
-        block = _block_for(vals.shape[1], k, base)
+def _reduce(packed: torch.Tensor, k: int, base: int, num_warps: int | None) -> torch.Tensor:
+    """Tournament rounds over packed candidate rows until k remain per row."""
+    final = False
+    while not final:
+        block = _block_for(packed.shape[1], k, base)
         assert block is not None, "a first round that fit always leaves rounds that fit"
-        final = triton.cdiv(vals.shape[1], block) == 1
-        vals, idx, _, _ = _launch(vals, idx, k, block, out_dtype)
-        if final:
-            return vals, idx
+        packed, _, final = _launch(packed, k, block, candidates=True, num_warps=num_warps)
+    return packed
+
+
+def unpack(packed_BK: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed int64 selections -> (values in `dtype`, int64 indices)."""
+    words = packed_BK.view(torch.int32).view(*packed_BK.shape, 2)  # little-endian: index, value
+    return words[..., 1].view(torch.float32).to(dtype, copy=True), words[..., 0].to(torch.int64)
 
 
 def row_topk(
@@ -213,12 +226,14 @@ def row_topk(
     *,
     write_back: bool = False,
     base_block: int = BASE_BLOCK,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k of ReLU(pre + bias) per row, and top-k_aux of it among `dead_F` latents.
 
     Returns (vals_BK, idx_BK, aux_vals_BA, aux_idx_BA) in `pre_BF`'s dtype and int64, unordered.
     `pre_BF` is overwritten with pre + bias only when `write_back` (it costs a [B, F] write).
-    `base_block` is the chunk length (tests shrink it to exercise the tournament rounds).
+    `base_block` is the chunk length and `num_warps` the warps per program (tests shrink the
+    chunk to exercise the tournament rounds; the GPU benchmark sweeps both).
     """
     n_rows, d_sae = pre_BF.shape
     if dead_F is None:
@@ -231,15 +246,15 @@ def row_topk(
         return eager.topk_select(src, bias, k, dead_F, k_aux)
     if pre_BF.stride(1) != 1:
         raise ValueError("pre_BF must have contiguous rows (stride 1 along d_sae); call .contiguous().")
-    vals, idx, aux_v, aux_i = _launch(
-        pre_BF, None, k, block, pre_BF.dtype, bias=bias_F, dead=dead_F, k_aux=k_aux,
-        write_back=write_back and bias_F is not None,
+    top, aux, final = _launch(
+        pre_BF, k, block, bias=bias_F, dead=dead_F, k_aux=k_aux, write_back=write_back and bias_F is not None,
+        num_warps=num_warps,
     )
-    if triton.cdiv(d_sae, block) > 1:
-        vals, idx = _reduce(vals, idx, k, base_block, pre_BF.dtype)
+    if not final:
+        top = _reduce(top, k, base_block, num_warps)
         if k_aux > 0:
-            aux_v, aux_i = _reduce(aux_v, aux_i, k_aux, base_block, pre_BF.dtype)
-    return vals, idx, aux_v, aux_i
+            aux = _reduce(aux, k_aux, base_block, num_warps)
+    return *unpack(top, pre_BF.dtype), *unpack(aux, pre_BF.dtype)
 
 
 def batch_topk(
