@@ -227,13 +227,16 @@ def segment_outer(
     *,
     transposed: bool = False,
     with_colsum: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(out, colsum): out[f] = sum_{idx[b,j]=f} coef[b,j] rows[b] as [F, D] (or [D, F] when
-    `transposed`), and colsum[f] = sum_{idx[b,j]=f} coef[b,j] when `with_colsum`; rows' dtype."""
+    `transposed`), and colsum[f] = sum_{idx[b,j]=f} coef[b,j] when `with_colsum`; in `out_dtype`
+    (default rows' dtype), accumulated in fp32."""
     n_rows, d = rows_BD.shape
     dev, dtype = rows_BD.device, rows_BD.dtype
-    out = torch.empty((d, n_out) if transposed else (n_out, d), dtype=dtype, device=dev)
-    colsum = torch.empty(n_out, dtype=dtype, device=dev) if with_colsum else None
+    out_dtype = out_dtype or dtype
+    out = torch.empty((d, n_out) if transposed else (n_out, d), dtype=out_dtype, device=dev)
+    colsum = torch.empty(n_out, dtype=out_dtype, device=dev) if with_colsum else None
     if idx_BK.numel() == 0 or d == 0:
         out.zero_()
         return out, None if colsum is None else colsum.zero_()

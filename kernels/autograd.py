@@ -4,7 +4,8 @@ materialise a dense [B, F] tensor.
 Encoder (forward): pre = x @ W_enc (one dense GEMM), then the backend's fused bias + top-k + ReLU
 selection, optionally with a second top-k restricted to dead latents (AuxK, Gao et al. 2024).
 Encoder (backward): the pre-activation gradient is non-zero only at the selected entries, so
-grad W_enc = x^T G and grad b_enc = colsum(G) are computed from the K entries per row.
+grad W_enc = x^T G and grad b_enc = colsum(G) are computed from the K entries per row, and the
+decoder bias subtracted at the input gets -W_enc @ colsum(G).
 Decoder: out = sum_j vals[b, j] W_dec[idx[b, j]] + b_dec, backward by a sampled product for the
 values and a sparse outer product for the used W_dec rows.
 """
@@ -30,9 +31,10 @@ class SparseCode(NamedTuple):
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch):
+    def forward(ctx, x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch, b_dec_D):
         ops = ops_for(x_BD)
-        pre_BF = x_BD @ W_enc_DF.to(x_BD.dtype)
+        xc_BD = x_BD if b_dec_D is None else (x_BD - b_dec_D).to(x_BD.dtype)
+        pre_BF = xc_BD @ W_enc_DF.to(xc_BD.dtype)
         if per_batch:
             vals_BK, idx_BK = ops.batch_topk_select(pre_BF, b_enc_F, k * x_BD.shape[0])
             aux_vals, aux_idx = vals_BK[:, :0], idx_BK[:, :0]
@@ -40,33 +42,46 @@ class _TopKEncode(torch.autograd.Function):
                 _, _, aux_vals, aux_idx = ops.topk_select(pre_BF, b_enc_F * 0, 1, dead_F, k_aux)
         else:
             vals_BK, idx_BK, aux_vals, aux_idx = ops.topk_select(pre_BF, b_enc_F, k, dead_F, k_aux)
-        ctx.save_for_backward(x_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx)
+        ctx.save_for_backward(xc_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx)
         ctx.d_sae = W_enc_DF.shape[1]
         ctx.mark_non_differentiable(idx_BK, aux_idx)
         return vals_BK, idx_BK, aux_vals, aux_idx
 
     @staticmethod
     def backward(ctx, g_vals, _g_idx, g_aux, _g_aux_idx):
-        x_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx = ctx.saved_tensors
-        ops = ops_for(x_BD)
-        # ReLU: entries selected with value 0 pass no gradient.
-        if g_vals is None:  # only the AuxK output reached the loss
-            g_vals = torch.zeros_like(vals_BK)
-        grads = [torch.where(vals_BK > 0, g_vals, 0.0)]
-        idxs = [idx_BK]
-        if aux_idx.shape[1] > 0 and g_aux is not None:
-            grads.append(torch.where(aux_vals > 0, g_aux, 0.0))
-            idxs.append(aux_idx)
-        g_pre_BK = torch.cat(grads, 1) if len(grads) > 1 else grads[0]
-        all_idx_BK = torch.cat(idxs, 1) if len(idxs) > 1 else idxs[0]
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_W, grad_b = ops.sparse_encoder_grad(x_BD, g_pre_BK, all_idx_BK, ctx.d_sae)
-            # bf16 inputs with fp32 master weights: hand autograd gradients in the weights' dtype.
-            grad_W, grad_b = grad_W.to(W_enc_DF.dtype), grad_b.to(W_enc_DF.dtype)
-        if ctx.needs_input_grad[0]:
+        xc_BD, W_enc_DF, vals_BK, idx_BK, aux_vals, aux_idx = ctx.saved_tensors
+        ops = ops_for(xc_BD)
+        g_pre_BK, all_idx_BK = _pre_act_grad(g_vals, g_aux, vals_BK, idx_BK, aux_vals, aux_idx)
+        need_x, need_W, need_b, need_b_dec = (ctx.needs_input_grad[i] for i in (0, 1, 2, 7))
+        grad_x = grad_W = grad_b = grad_b_dec = None
+        if need_W or need_b or need_b_dec:
+            # Written straight in the weights' dtype (fp32 master weights under bf16 inputs).
+            grad_W, grad_b = ops.sparse_encoder_grad(xc_BD, g_pre_BK, all_idx_BK, ctx.d_sae, W_enc_DF.dtype)
+        if need_b_dec:
+            # sum_b grad_xc[b] = W_enc @ colsum(G) = W_enc @ grad_b_enc: one GEMV over W_enc
+            # instead of the [B, D] input gradient.
+            grad_b_dec = -(W_enc_DF @ grad_b)
+        if need_x:
             grad_x = ops.sparse_input_grad(g_pre_BK, all_idx_BK, W_enc_DF)
-        return grad_x, grad_W, grad_b, None, None, None, None
+        return grad_x, grad_W if need_W else None, grad_b if need_b else None, None, None, None, None, grad_b_dec
+
+
+def _pre_act_grad(
+    g_vals: torch.Tensor | None, g_aux: torch.Tensor | None, vals_BK: torch.Tensor, idx_BK: torch.Tensor,
+    aux_vals: torch.Tensor, aux_idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-activation gradient at the selected entries (TopK and AuxK side by side) and their
+    latent indices. Entries selected with value 0 pass no gradient (ReLU)."""
+    if g_vals is None:  # only the AuxK output reached the loss
+        g_vals = torch.zeros_like(vals_BK)
+    grads = [torch.where(vals_BK > 0, g_vals, 0.0)]
+    idxs = [idx_BK]
+    if aux_idx.shape[1] > 0 and g_aux is not None:
+        grads.append(torch.where(aux_vals > 0, g_aux, 0.0))
+        idxs.append(aux_idx)
+    if len(grads) == 1:
+        return grads[0], idxs[0]
+    return torch.cat(grads, 1), torch.cat(idxs, 1)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -99,13 +114,17 @@ def topk_encode(
     dead_F: torch.Tensor | None = None,
     k_aux: int = 0,
     per_batch: bool = False,
+    b_dec_D: torch.Tensor | None = None,
 ) -> SparseCode:
-    """Sparse TopK encoder: the k largest of ReLU(x @ W_enc + b_enc) per row.
+    """Sparse TopK encoder: the k largest of ReLU((x - b_dec) @ W_enc + b_enc) per row.
 
     With `per_batch` (BatchTopK) the B*k largest over the whole batch instead, in a padded
     [B, K_max] layout whose padding has value 0. With `dead_F` (bool [F]) and `k_aux > 0` also
     returns the k_aux largest among dead latents, from the same pre-activations.
-    Differentiable w.r.t. x, W_enc and b_enc.
+    `b_dec_D` (optional) is subtracted here, in x's dtype: passing it instead of a centred x
+    lets the backward get b_dec's gradient from one GEMV (W_enc @ grad b_enc) and skip the
+    [B, D] input gradient when x itself needs none (training on data).
+    Differentiable w.r.t. x, W_enc, b_enc and b_dec.
     """
     if not 1 <= k <= W_enc_DF.shape[1]:
         raise ValueError(f"k must be in [1, d_sae={W_enc_DF.shape[1]}], got {k}.")
@@ -113,7 +132,7 @@ def topk_encode(
         dead_F, k_aux = None, 0
     else:
         k_aux = min(k_aux, W_enc_DF.shape[1])
-    return SparseCode(*_TopKEncode.apply(x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch))
+    return SparseCode(*_TopKEncode.apply(x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch, b_dec_D))
 
 
 def sparse_decode(

@@ -82,6 +82,9 @@ def sparse_outer(
     On the CPU it is a CSR [F, B] @ [B, D] product, the CSR built by one argsort of the indices
     (transposing a [B, F] CSR instead costs a much slower generic conversion).
     """
+    if rows_BD.device.type == "cpu" and rows_BD.dtype in (torch.bfloat16, torch.float16):
+        # The CPU's sparse CSR product has no half-precision kernel: accumulate in fp32.
+        return sparse_outer(idx_BK, coef_BK, rows_BD.float(), n_out).to(rows_BD.dtype)
     coef_BK = coef_BK.to(rows_BD.dtype)
     if rows_BD.device.type == "cpu":
         k = idx_BK.shape[1]
@@ -106,15 +109,20 @@ def sparse_input_grad(
 
 
 def sparse_encoder_grad(
-    x_BD: torch.Tensor, grad_pre_BK: torch.Tensor, idx_BK: torch.Tensor, d_sae: int
+    x_BD: torch.Tensor, grad_pre_BK: torch.Tensor, idx_BK: torch.Tensor, d_sae: int,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_W_enc [D, F], grad_b_enc [F]) for a pre-activation gradient with K non-zeros per row.
+    """(grad_W_enc [D, F], grad_b_enc [F]) for a pre-activation gradient with K non-zeros per row,
+    in `out_dtype` (default x's dtype).
 
     grad_W_enc = x^T G and grad_b_enc = colsum(G), where G [B, F] holds grad_pre[b, j] at
     column idx[b, j]; G is never built densely.
     """
-    grad_W_FD = sparse_outer(idx_BK, grad_pre_BK, x_BD, d_sae)
-    return grad_W_FD.t().contiguous(), scatter_sum(idx_BK, grad_pre_BK.to(x_BD.dtype), d_sae)
+    out_dtype = out_dtype or x_BD.dtype
+    acc = torch.promote_types(x_BD.dtype, torch.float32)  # accumulate in fp32 at least, as Triton does
+    grad_W_FD = sparse_outer(idx_BK, grad_pre_BK, x_BD.to(acc), d_sae)
+    grad_b_F = scatter_sum(idx_BK, grad_pre_BK.to(acc), d_sae)
+    return grad_W_FD.t().to(out_dtype, memory_format=torch.contiguous_format), grad_b_F.to(out_dtype)
 
 
 def scatter_sum(idx_BK: torch.Tensor, coef_BK: torch.Tensor, n_out: int) -> torch.Tensor:

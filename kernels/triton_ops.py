@@ -93,12 +93,14 @@ def sparse_input_grad(
 
 
 def sparse_encoder_grad(
-    x_BD: torch.Tensor, grad_pre_BK: torch.Tensor, idx_BK: torch.Tensor, d_sae: int
+    x_BD: torch.Tensor, grad_pre_BK: torch.Tensor, idx_BK: torch.Tensor, d_sae: int,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_W_enc [D, F], grad_b_enc [F]) in x's dtype: x^T G and colsum(G), where G [B, F]
-    holds grad_pre[b, j] at column idx[b, j]; written in [D, F] layout by one segmented pass."""
+    """(grad_W_enc [D, F], grad_b_enc [F]) in `out_dtype` (default x's): x^T G and colsum(G),
+    where G [B, F] holds grad_pre[b, j] at column idx[b, j]; written in [D, F] layout by one
+    segmented pass that accumulates in fp32 whatever the dtypes."""
     grad_W_DF, grad_b_F = sparse.segment_outer(
-        idx_BK, grad_pre_BK, x_BD, d_sae, transposed=True, with_colsum=True
+        idx_BK, grad_pre_BK, x_BD, d_sae, transposed=True, with_colsum=True, out_dtype=out_dtype
     )
     assert grad_b_F is not None
     return grad_W_DF, grad_b_F

@@ -38,10 +38,11 @@ def _mask(vals_BK, idx_BK, like_BF):
     return torch.zeros_like(like_BF).scatter_add(1, idx_BK.cpu(), taken).clamp(max=1.0)
 
 
-def _dense_reference(leaves, code):
-    """Loss and grads of the same SAE with dense float64 tensors and the kernel's selection."""
+def _dense_reference(leaves, code, centre=False):
+    """Loss and grads of the same SAE with dense float64 tensors and the kernel's selection;
+    `centre` subtracts b_dec from the encoder input too."""
     x, W_enc, b_enc, W_dec, b_dec = [t.detach().cpu().double().requires_grad_() for t in leaves]
-    acts = (x @ W_enc + b_enc).relu()
+    acts = ((x - b_dec if centre else x) @ W_enc + b_enc).relu()
     dense_code = _mask(code.vals_BK, code.idx_BK, acts) * acts
     recon = dense_code @ W_dec + b_dec
     aux_recon = None
@@ -53,15 +54,16 @@ def _dense_reference(leaves, code):
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])
-@pytest.mark.parametrize("mode", ["topk", "topk+aux", "batchtopk+aux"])
+@pytest.mark.parametrize("mode", ["topk", "topk+aux", "batchtopk+aux", "topk+aux centred"])
 def test_grads_match_dense_reference(device, gen, monkeypatch, backend, mode):
     monkeypatch.setenv("SAE_KERNELS", backend)
     x, W_enc, b_enc, W_dec, b_dec, dead = _params(gen, device)
     assert backend_name(x) == backend
-    with_aux = mode.endswith("aux")
+    with_aux = "aux" in mode
+    centre = mode.endswith("centred")
     code = topk_encode(
         x, W_enc, b_enc, K, dead if with_aux else None, K_AUX if with_aux else 0,
-        per_batch=mode.startswith("batch"),
+        per_batch=mode.startswith("batch"), b_dec_D=b_dec if centre else None,
     )
     recon = sparse_decode(code.vals_BK, code.idx_BK, W_dec, b_dec)
     aux_recon = None
@@ -71,13 +73,52 @@ def test_grads_match_dense_reference(device, gen, monkeypatch, backend, mode):
     loss = _loss(x, recon, aux_recon)
     loss.backward()
     leaves = (x, W_enc, b_enc, W_dec, b_dec)
-    ref_code, ref_loss, ref_grads = _dense_reference(leaves, code)
+    ref_code, ref_loss, ref_grads = _dense_reference(leaves, code, centre)
     tol = {"rtol": 2e-3, "atol": 2e-3} if device == "cuda" else {"rtol": 1e-4, "atol": 1e-4}
     close(code.vals_BK, ref_code.gather(1, code.idx_BK.cpu()), **tol)
     close(loss, ref_loss, **tol)
     for name, leaf, ref in zip(("x", "W_enc", "b_enc", "W_dec", "b_dec"), leaves, ref_grads, strict=True):
         assert leaf.grad is not None and leaf.grad.dtype == leaf.dtype, name
         close(leaf.grad, ref, **tol)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_centred_encoder_on_data_skips_the_input_gradient(device, gen, monkeypatch, backend):
+    """Training on data (x needs no gradient): b_dec's encoder-side gradient comes from
+    -W_enc @ grad b_enc, equal to summing the [B, D] input gradient, which is never computed."""
+    monkeypatch.setenv("SAE_KERNELS", backend)
+    x, W_enc, b_enc, _, b_dec, _ = _params(gen, device)
+    x = x.detach()
+    ops = sae_kernels.ops_for(x)
+    vals = topk_encode(x, W_enc, b_enc, K, b_dec_D=b_dec).vals_BK
+    weights = torch.linspace(-1, 2, vals.numel()).view_as(vals).to(device)
+    with monkeypatch.context() as m:
+        m.setattr(ops, "sparse_input_grad", lambda *a: pytest.fail("input gradient computed"))
+        (vals * weights).sum().backward()
+    xc = (x - b_dec).detach().requires_grad_()
+    (topk_encode(xc, W_enc, b_enc, K).vals_BK * weights).sum().backward()
+    tol = {"rtol": 2e-3, "atol": 2e-3} if device == "cuda" else {"rtol": 1e-5, "atol": 1e-5}
+    close(b_dec.grad, -xc.grad.sum(0), **tol)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_encoder_grad_in_the_weights_dtype(device, gen, monkeypatch, backend):
+    """bf16 inputs, fp32 weights: the weight gradient comes out fp32, accumulated in fp32, not
+    rounded to bf16 on the way (its error stays far below bf16's 2^-9 relative step)."""
+    monkeypatch.setenv("SAE_KERNELS", backend)
+    x, W_enc, b_enc, *_ = _params(gen, device)
+    x16 = x.detach().bfloat16()
+    vals = topk_encode(x16, W_enc, b_enc, K).vals_BK
+    weights = torch.linspace(-1, 2, vals.numel()).view_as(vals).to(device)
+    (vals.float() * weights).sum().backward()
+    assert W_enc.grad.dtype == torch.float32 and b_enc.grad.dtype == torch.float32
+    # Autograd hands the bf16 values their gradient in bf16: the reference rounds it alike.
+    g_ref = torch.where(vals > 0, weights.bfloat16(), 0).cpu().double()
+    ref_W, ref_b = sae_kernels.eager.sparse_encoder_grad(
+        x16.cpu().double(), g_ref,
+        topk_encode(x16, W_enc, b_enc, K).idx_BK.cpu(), D_SAE)
+    close(W_enc.grad, ref_W, rtol=1e-5, atol=1e-5)
+    close(b_enc.grad, ref_b, rtol=1e-5, atol=1e-5)
 
 
 def test_batchtopk_total_count(device, gen, monkeypatch):
@@ -110,5 +151,11 @@ def test_gradcheck_eager_float64(gen, monkeypatch):
         return code.vals_BK, code.aux_vals_BK
 
     assert torch.autograd.gradcheck(encode, (x, W_enc, b_enc))
+
+    def encode_centred(x, W_enc, b_enc, b_dec):
+        code = topk_encode(x, W_enc, b_enc, K, dead, K_AUX, b_dec_D=b_dec)
+        return code.vals_BK, code.aux_vals_BK
+
+    assert torch.autograd.gradcheck(encode_centred, (x, W_enc, b_enc, b_dec))
     vals = torch.rand(N_ROWS, K, generator=gen, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda v, W, b: sparse_decode(v, idx, W, b), (vals, W_dec, b_dec))
