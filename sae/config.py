@@ -135,6 +135,9 @@ class TrainConfig:
     """Extra metric sinks besides metrics.jsonl: `wandb`, `tensorboard`."""
     device: str = "auto"
     """`auto` (cuda when available), `cpu`, or `cuda[:N]`."""
+    encoder_dtype: str = "float32"
+    """`float32` or `bfloat16`: dtype of the encoder GEMM's inputs. Weights, Adam state, the
+    decoder and the loss stay fp32 (master weights); bfloat16 is the fast setting on GPUs."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -144,6 +147,8 @@ class TrainConfig:
             raise ConfigError(f"train.tokens ({self.tokens}) must be at least train.batch_size ({self.batch_size}).")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}.")
+        if self.encoder_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"train.encoder_dtype must be float32 or bfloat16, got {self.encoder_dtype!r}.")
         if self.nonfinite not in ("skip", "stop"):
             raise ConfigError(f"train.nonfinite must be `skip` or `stop`, got {self.nonfinite!r}.")
         if self.init_b_dec not in ("geometric_median", "mean", "zeros"):

@@ -156,19 +156,24 @@ class SparseAutoencoder(nn.Module):
     # -- training forward ------------------------------------------------------------------------
 
     def forward(self, x_BD: torch.Tensor, dead_F: torch.Tensor | None = None,
-                k_aux: int = 0) -> ForwardOutput:
-        """Training forward pass. `dead_F`/`k_aux` ask the topk family for the AuxK selection."""
+                k_aux: int = 0, encoder_dtype: torch.dtype | None = None) -> ForwardOutput:
+        """Training forward pass. `dead_F`/`k_aux` ask the topk family for the AuxK selection;
+        `encoder_dtype` (e.g. bfloat16) is the dtype of the encoder GEMM's inputs, whose result
+        the selection reads; everything after it stays in the weights' dtype."""
         act = self.cfg.activation
-        xc_BD = self._center(x_BD)
+        enc_dtype = encoder_dtype or self.W_enc.dtype
         if act in ("topk", "batchtopk"):
+            # b_dec goes in separately: its gradient then costs one GEMV, not a [B, D] input gradient.
+            x_BD = (x_BD.to(self.W_enc.dtype) * self.input_scale).to(enc_dtype)
             code = sae_kernels.topk_encode(
-                xc_BD, self.W_enc, self.b_enc, self.cfg.k, dead_F, k_aux, per_batch=act == "batchtopk"
+                x_BD, self.W_enc, self.b_enc, self.cfg.k, dead_F, k_aux,
+                per_batch=act == "batchtopk", b_dec_D=self.b_dec,
             )
             recon_BD = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec)
             l0_B = (code.vals_BK > 0).sum(-1)
             return ForwardOutput(recon_BD / self.input_scale, code.vals_BK, code.idx_BK, None,
                                  code.aux_vals_BK, code.aux_idx_BK, None, l0_B)
-        pre_BF = xc_BD @ self.W_enc + self.b_enc
+        pre_BF = (self._center(x_BD).to(enc_dtype) @ self.W_enc.to(enc_dtype)).to(self.W_enc.dtype) + self.b_enc
         if act == "jumprelu":
             latents_BF = _JumpReLU.apply(pre_BF, self.jumprelu_threshold(), self.cfg.jumprelu_bandwidth)
         else:

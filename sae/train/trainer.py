@@ -273,7 +273,7 @@ class Trainer:
                 # On a GPU a host sync per step stalls the queue; the selection over an all-False
                 # mask yields zero values (no gradient) and the term is switched off on device.
                 aux_active = dead_F.any().to(x_BD.dtype)
-        out = m.sae(x_BD, dead_F, tc.aux_k if dead_F is not None else 0)
+        out = m.sae(x_BD, dead_F, tc.aux_k if dead_F is not None else 0, getattr(torch, tc.encoder_dtype))
         coef = penalty_at(self.step, tc.sparsity_coef, tc.sparsity_warmup_steps)
         parts = compute_loss(m.sae, x_BD, out, tc.aux_coef, coef, aux_active)
         parts.total.backward()

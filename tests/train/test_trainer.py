@@ -66,6 +66,23 @@ def test_each_activation_learns(cache_dir, tmp_path, activation):
         assert ev["l0"] < 96
 
 
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_bf16_encoder_trains_to_the_fp32_fvu(cache_dir, tmp_path, activation):
+    """train.encoder_dtype=bfloat16 (the fast GPU setting) from the same seed reaches the fp32
+    run's FVU, keeps fp32 master weights, and its encoder really ran in bf16 (results differ)."""
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        raw = _raw(cache_dir, tmp_path / dtype, tokens=256 * 150, lr=1e-2, sparsity_coef=0.05,
+                   sparsity_warmup_steps=10, checkpoint_every=0, encoder_dtype=dtype)
+        raw["sae"]["activation"] = activation
+        result = train(load_run_config(raw=raw))
+        results[dtype] = (result.evals[HOOK]["fvu"], load(result.saes[HOOK]))
+    (fvu32, sae32), (fvu16, sae16) = results["float32"], results["bfloat16"]
+    assert fvu16 < 0.25 and abs(fvu16 - fvu32) < 0.1 * fvu32 + 0.005, (fvu32, fvu16)
+    assert sae16.W_enc.dtype == torch.float32
+    assert not torch.equal(sae16.W_enc, sae32.W_enc)
+
+
 def test_resume_after_interruption_is_bit_exact(cache_dir, tmp_path, monkeypatch):
     full = train(load_run_config(raw=_raw(cache_dir, tmp_path / "full")))
     from sae.train import trainer as trainer_mod
