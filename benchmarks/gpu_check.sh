@@ -4,7 +4,8 @@
 # 2. make `import sae_kernels` work: the installed package, else a symlink on PYTHONPATH
 #    (no pip, no network), else `pip install --no-deps -e .` as the last resort;
 # 3. run the GPU-marked kernel tests with compiled kernels (TRITON_INTERPRET=0);
-# 4. run benchmarks/train_step_gpu.py (main configs + sweeps; --quick with QUICK=1);
+# 4. run benchmarks/train_step_gpu.py (main configs, the toolkit's own trainer step, the selection's
+#    chunk/warps grid, d_sae and k sweeps; --quick with QUICK=1);
 # 5. run benchmarks/harvest_gpu.py (the activation-harvest target of the activations issue).
 # Output goes to the terminal and, when $OUT is set, to "$OUT"/gpu_check.log and
 # "$OUT"/train_step_gpu.json. Exit status: non-zero if the tests or the benchmark failed.
@@ -53,7 +54,8 @@ say "benchmarks/train_step_gpu.py"
 bench_args=(--json)
 if [ "${QUICK:-0}" = 1 ]; then bench_args+=(--quick); fi
 json="${OUT:-/tmp}/train_step_gpu.json"
-timeout 300 "$PY" benchmarks/train_step_gpu.py "${bench_args[@]}" 2>&1 \
+# PYTHONPATH: the library-trainer row imports `sae` from this checkout (it is skipped without it).
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout 300 "$PY" benchmarks/train_step_gpu.py "${bench_args[@]}" 2>&1 \
     | tee -a "$LOG" | tee >(tail -n 1 >"$json") || status=1
 say "benchmarks/harvest_gpu.py (needs transformer-lens; GPT-2 small shape, bf16)"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 timeout 180 "$PY" benchmarks/harvest_gpu.py 2>&1 \

@@ -34,18 +34,20 @@ def _time(fn, reps: int, warmup: int = 2) -> float:
     return best * 1000
 
 
-def _bare_trainer(cfg: SAEConfig, batch: int, dead_tokens: int) -> tuple[Trainer, Member]:
+def bare_trainer(cfg: SAEConfig, batch: int, dead_tokens: int, device: str = "cpu",
+                 encoder_dtype: str = "float32") -> tuple[Trainer, Member]:
     """A Trainer with one member and no data source, to time its step function alone."""
     trainer = Trainer.__new__(Trainer)
-    trainer.tc = TrainConfig(tokens=batch * 1000, batch_size=batch, dead_tokens=dead_tokens, progress=False)
+    trainer.tc = TrainConfig(tokens=batch * 1000, batch_size=batch, dead_tokens=dead_tokens, progress=False,
+                             encoder_dtype=encoder_dtype)
     trainer.cfg = RunConfig(data=DataConfig(cache="unused"), train=trainer.tc, eval=EvalConfig(),
                             saes=[SAESpec(fields={})])
     trainer.rank, trainer.world, trainer.step, trainer.total_steps = 0, 1, 0, 1000
-    trainer.device = torch.device("cpu")
+    trainer.device = torch.device(device)
     trainer.skipped_rows = 0
-    sae = SparseAutoencoder(cfg)
+    sae = SparseAutoencoder(cfg).to(device)
     optim = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
-    member = Member("bench", cfg.hook_name, sae, optim, torch.zeros(cfg.d_sae, dtype=torch.long))
+    member = Member("bench", cfg.hook_name, sae, optim, torch.zeros(cfg.d_sae, dtype=torch.long, device=device))
     return trainer, member
 
 
@@ -54,7 +56,7 @@ def bench(d_in: int, d_sae: int, k: int, batch: int, reps: int, activation: str 
     torch.manual_seed(0)
     x_BD = torch.randn(batch, d_in)
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, activation=activation, hook_name="h")
-    trainer, member = _bare_trainer(cfg, batch, dead_tokens=10**12)
+    trainer, member = bare_trainer(cfg, batch, dead_tokens=10**12)
     if dead_frac:
         member.since_fired_F[: int(dead_frac * d_sae)] = 10**13
     W_enc = member.sae.W_enc.detach()

@@ -1,14 +1,17 @@
 """Time a full TopK SAE training step on one CUDA GPU, with the same-run floors it is judged by.
 
 A step (batch 4096 by default):
-1. encode: topk_encode((x - b_dec) in bf16, W_enc fp32 master cast to bf16 for the GEMM, b_enc, k);
+1. encode: topk_encode(x bf16, W_enc fp32 master cast to bf16 for the GEMM, b_enc, k, b_dec) (x - b_dec
+   formed inside, so b_dec's gradient is one GEMV);
 2. decode: sparse_decode(vals, idx, W_dec, b_dec) -> fp32 reconstruction; MSE loss;
 3. backward (sparse: no dense [B, d_sae] gradient);
 4. remove the decoder gradient's component along each unit-norm row; fused torch Adam step;
    renormalise the decoder rows.
 Floors from the same run: the bf16 encoder GEMM alone, torch.topk on the [B, d_sae] bf16
-pre-activations, our fused select alone, the fused Adam step alone. Then a sweep over d_sae
-(2^14..2^20, k=32, d_in=768) and over k (16..256, d_sae=32768).
+pre-activations, our fused select alone, the fused Adam step alone; and the toolkit's own trainer
+step (`sae.train`, encoder_dtype bfloat16, AuxK on 10% dead latents) for comparison. Then the
+selection's chunk length / warps grid, and sweeps over d_sae (2^14..2^20, k=32, d_in=768) and
+over k (16..256, d_sae=32768).
 
 Useful FLOPs per step: 2*B*d_in*d_sae (encoder GEMM) + 8*B*k*d_in (decode, value grad,
 decoder-weight grad, encoder-weight grad).
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,6 +40,10 @@ MAIN_CONFIGS = [(768, 32768, 32), (2304, 65536, 64)]
 STEP_TARGET_MS = {(768, 32768, 32): 1.3, (2304, 65536, 64): 6.0}
 SWEEP_D_SAE = [2**p for p in range(14, 21)]
 SWEEP_K = [16, 32, 64, 128, 256]
+# Where everything runs: "cuda", or "cpu" for --smoke (Triton's interpreter, tiny shapes), which
+# checks this script's code paths on a machine without a GPU.
+DEV = "cuda"
+SMOKE_CONFIGS = [(24, 300, 4)]
 
 
 @dataclass
@@ -52,6 +61,7 @@ class Row:
     select_ms: float = float("nan")
     adam_ms: float = float("nan")
     peak_gib: float = float("nan")
+    lib_step_ms: float = float("nan")
     tokens_per_s: float = float("nan")
     tflops: float = float("nan")
     error: str = ""
@@ -66,9 +76,17 @@ class Row:
 
 
 def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int) -> float:
-    """Median over `iters` of CUDA-event time of fn(), after `warmup` untimed calls."""
-    for _ in range(warmup):
+    """Median over `iters` of CUDA-event time of fn(), after `warmup` untimed calls (wall time
+    on the CPU in --smoke, without warm-up)."""
+    for _ in range(warmup if DEV == "cuda" else 0):
         fn()
+    if DEV != "cuda":
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
@@ -81,10 +99,21 @@ def cuda_time_ms(fn: Callable[[], object], iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def _reset_memory() -> None:
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else float("nan")
+
+
 class Trainer:
     """Parameters, fused Adam and the step of a TopK SAE on the GPU (fp32 master weights)."""
 
-    def __init__(self, d_in: int, d_sae: int, k: int, batch: int, dev: str = "cuda") -> None:
+    def __init__(self, d_in: int, d_sae: int, k: int, batch: int) -> None:
+        dev = DEV
         gen = torch.Generator(device=dev).manual_seed(0)
         self.k = k
         self.x_BD = torch.randn(batch, d_in, device=dev, generator=gen).bfloat16()
@@ -101,7 +130,7 @@ class Trainer:
         import sae_kernels
 
         x = self.x_BD
-        code = sae_kernels.topk_encode((x - self.b_dec).bfloat16(), self.W_enc, self.b_enc, self.k)
+        code = sae_kernels.topk_encode(x, self.W_enc, self.b_enc, self.k, b_dec_D=self.b_dec)
         recon = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec)
         loss = (recon - x.float()).pow(2).sum(-1).mean()
         loss.backward()
@@ -128,18 +157,17 @@ def measure(d_in: int, d_sae: int, k: int, batch: int, iters: int) -> Row:
     except Exception as exc:  # one failing config must not abort the table
         row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
         traceback.print_exc(file=sys.stderr)
-    torch.cuda.empty_cache()
+    _reset_memory()
     return row
 
 
 def _fill(row: Row, iters: int) -> None:
     from sae_kernels import triton_ops
 
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    _reset_memory()
     trainer = Trainer(row.d_in, row.d_sae, row.k, row.batch)
     row.step_ms = cuda_time_ms(trainer.step, iters, warmup=3)
-    row.peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    row.peak_gib = _peak_gib()
 
     def no_opt() -> None:
         trainer.forward_backward()
@@ -159,13 +187,72 @@ def _fill(row: Row, iters: int) -> None:
     row.select_ms = cuda_time_ms(lambda: triton_ops.topk_select(pre_BF, b_enc, row.k), iters, warmup=2)
 
     flops = 2 * row.batch * row.d_in * row.d_sae + 8 * row.batch * row.k * row.d_in
+    row.lib_step_ms = library_step_ms(row, iters)
     row.tokens_per_s = row.batch / (row.step_ms * 1e-3)
     row.tflops = flops / (row.step_ms * 1e-3) / 1e12
 
 
+def library_step_ms(row: Row, iters: int) -> float:
+    """ms per step of the toolkit's own trainer step (`Trainer._step_member`, encoder_dtype
+    bfloat16, AuxK with 10% dead latents, firing bookkeeping); NaN when `sae` is not importable."""
+    try:
+        from train_step import bare_trainer
+
+        from sae.config import SAEConfig
+    except ImportError as exc:
+        print(f"library step skipped: {exc}", file=sys.stderr)
+        return float("nan")
+    cfg = SAEConfig(d_in=row.d_in, d_sae=row.d_sae, k=row.k, activation="topk", hook_name="h")
+    trainer, member = bare_trainer(cfg, row.batch, dead_tokens=10**12, device=DEV, encoder_dtype="bfloat16")
+    member.since_fired_F[: row.d_sae // 10] = 10**13
+    x_BD = torch.randn(row.batch, row.d_in, device=DEV)
+    return cuda_time_ms(lambda: trainer._step_member(member, x_BD), iters, warmup=3)
+
+
+SELECT_GRID = [(2048, 4), (4096, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 32)]
+
+
+def select_sweep(d_in: int, d_sae: int, k: int, batch: int, iters: int) -> dict[str, float]:
+    """ms of the fused selection for each (chunk length, warps), next to torch.topk on the same
+    bf16 pre-activations: the data to set BASE_BLOCK and _num_warps in _triton_select.py."""
+    from sae_kernels import _triton_select as select
+
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    pre_BF = (torch.randn(batch, d_in, device=DEV, generator=gen).bfloat16()
+              @ torch.randn(d_in, d_sae, device=DEV, generator=gen).bfloat16())
+    b_enc = torch.zeros(d_sae, device=DEV)
+    out = {"torch.topk": cuda_time_ms(lambda: pre_BF.topk(k, dim=-1, sorted=False), iters, 2)}
+    for block, warps in SELECT_GRID:
+        fn = lambda: select.row_topk(pre_BF, k, b_enc, base_block=block, num_warps=warps)  # noqa: B023
+        out[f"{block}/{warps}w"] = cuda_time_ms(fn, iters, 2)
+    return out
+
+
+def print_select_sweep(configs: list[tuple[int, int, int]], iters: int, batch: int) -> dict[str, dict[str, float]]:
+    print("\n### Selection: chunk length / warps (ms; default marked *)\n")
+    names = ["torch.topk"] + [f"{b}/{w}w" for b, w in SELECT_GRID]
+    print("| d_in/d_sae/k | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    from sae_kernels import _triton_select as select
+
+    default = f"{select.BASE_BLOCK}/{select._num_warps(select.BASE_BLOCK)}w"
+    results = {}
+    for d_in, d_sae, k in configs:
+        key = f"{d_in}/{d_sae}/{k}"
+        try:
+            res = select_sweep(d_in, d_sae, k, batch, iters)
+        except Exception as exc:  # keep the rest of the report
+            print(f"| {key} | error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]} |", flush=True)
+            continue
+        results[key] = res
+        cells = [f"{res[n]:.3f}{'*' if n == default else ''}" for n in names]
+        print(f"| {key} | " + " | ".join(cells) + " |", flush=True)
+    return results
+
+
 HEADER = (
     "| d_in | d_sae | k | step ms | target | fwd+bwd ms | bf16 GEMM ms | (fwd+bwd)/GEMM "
-    "| torch.topk ms | select ms | select/topk | Adam ms | peak GiB | tokens/s | TFLOP/s |"
+    "| torch.topk ms | select ms | select/topk | Adam ms | peak GiB | library step ms | tokens/s | TFLOP/s |"
 )
 
 
@@ -173,13 +260,13 @@ def markdown_row(row: Row) -> str:
     """One table line; an error row names the exception instead of the numbers."""
     head = f"| {row.d_in} | {row.d_sae} | {row.k} |"
     if row.error:
-        return head + f" error: {row.error} |" + " |" * 11
+        return head + f" error: {row.error} |" + " |" * 12
     target = STEP_TARGET_MS.get((row.d_in, row.d_sae, row.k))
     verdict = "-" if target is None else f"{target} {'ok' if row.step_ms <= target else 'MISS'}"
     return head + (
         f" {row.step_ms:.3f} | {verdict} | {row.no_opt_ms:.3f} | {row.gemm_ms:.3f} "
         f"| {row.step_over_gemm:.2f} | {row.torch_topk_ms:.3f} | {row.select_ms:.3f} "
-        f"| {row.select_over_topk:.2f} | {row.adam_ms:.3f} | {row.peak_gib:.2f} "
+        f"| {row.select_over_topk:.2f} | {row.adam_ms:.3f} | {row.peak_gib:.2f} | {row.lib_step_ms:.3f} "
         f"| {row.tokens_per_s:,.0f} | {row.tflops:.1f} |"
     )
 
@@ -187,35 +274,48 @@ def markdown_row(row: Row) -> str:
 def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n### {title}\n")
     print(HEADER)
-    print("|" + "---|" * 15)
+    print("|" + "---|" * 16)
     for row in rows:
         print(markdown_row(row), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEV
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="also print all rows as one JSON object")
     parser.add_argument("--quick", action="store_true", help="fewer timed iterations")
     parser.add_argument("--no-sweep", action="store_true", help="only the two main configs")
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--smoke", action="store_true",
+                        help="no GPU: run every code path on the CPU at tiny shapes (needs TRITON_INTERPRET=1)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("train_step_gpu.py needs a CUDA GPU; none is visible.", file=sys.stderr)
+    configs, d_saes, ks, iters = MAIN_CONFIGS, SWEEP_D_SAE, SWEEP_K, 5 if args.quick else 20
+    if args.smoke:
+        if os.environ.get("TRITON_INTERPRET") != "1" or os.environ.get("SAE_KERNELS") != "triton":
+            print("--smoke needs TRITON_INTERPRET=1 and SAE_KERNELS=triton in the environment.", file=sys.stderr)
+            return 2
+        DEV, configs, d_saes, ks, iters, args.batch = "cpu", SMOKE_CONFIGS, [520], [8], 1, 64
+    elif not torch.cuda.is_available():
+        print("train_step_gpu.py needs a CUDA GPU; none is visible (--smoke checks it on the CPU).", file=sys.stderr)
         return 2
-    iters = 5 if args.quick else 20
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  batch {args.batch}")
-    tables = {"main": [measure(d, f, k, args.batch, iters) for d, f, k in MAIN_CONFIGS]}
+    device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke: Triton interpreter)"
+    print(f"device: {device}  torch {torch.__version__}  batch {args.batch}")
+    tables = {"main": [measure(d, f, k, args.batch, iters) for d, f, k in configs]}
     print_table("Main configs", tables["main"])
+    sweeps = print_select_sweep(configs, iters, args.batch)
     if not args.no_sweep:
-        tables["d_sae sweep"] = [measure(768, f, 32, args.batch, iters) for f in SWEEP_D_SAE]
-        print_table("d_sae sweep (d_in 768, k 32)", tables["d_sae sweep"])
-        tables["k sweep"] = [measure(768, 32768, k, args.batch, iters) for k in SWEEP_K]
-        print_table("k sweep (d_in 768, d_sae 32768)", tables["k sweep"])
+        d_in, d_sae, k = configs[0]
+        tables["d_sae sweep"] = [measure(d_in, f, k, args.batch, iters) for f in d_saes]
+        print_table(f"d_sae sweep (d_in {d_in}, k {k})", tables["d_sae sweep"])
+        tables["k sweep"] = [measure(d_in, d_sae, kk, args.batch, iters) for kk in ks]
+        print_table(f"k sweep (d_in {d_in}, d_sae {d_sae})", tables["k sweep"])
     if args.json:
-        payload = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+        payload = {"device": device, "torch": torch.__version__}
         payload |= {name: [asdict(r) for r in rows] for name, rows in tables.items()}
+        payload["select_sweep"] = sweeps
         print(json.dumps(payload))
-    return 1 if any(r.error for rows in tables.values() for r in rows) else 0
+    failed = any(r.error for rows in tables.values() for r in rows) or len(sweeps) < len(configs)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
