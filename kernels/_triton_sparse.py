@@ -210,12 +210,15 @@ def grad_vals(grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_FD: torch.Tenso
 def _segments(
     idx_BK: torch.Tensor, coef_BK: torch.Tensor, n_out: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Entries sorted by latent: (latent, source row, coefficient, [n_out + 1] segment offsets)."""
+    """Entries sorted by latent: (latent, source row, coefficient, [n_out + 1] segment offsets).
+
+    Offsets come from a binary search of the sorted latents, not bincount: on a GPU bincount
+    reads its output size back to the host, a sync that stalls the step's launch queue."""
     k = idx_BK.shape[1]
     flat = idx_BK.reshape(-1).to(torch.int64)
     lat_E, order_E = torch.sort(flat)
-    offsets = torch.zeros(n_out + 1, dtype=torch.int64, device=flat.device)
-    torch.cumsum(torch.bincount(flat, minlength=n_out), 0, out=offsets[1:])
+    bounds = torch.arange(n_out + 1, dtype=torch.int64, device=flat.device)
+    offsets = torch.searchsorted(lat_E, bounds)
     return lat_E, order_E // k, coef_BK.reshape(-1)[order_E].contiguous(), offsets
 
 

@@ -303,11 +303,12 @@ class ActivationCache:
                 return self._index(i)["block_tokens"][block - shard.blocks[0]]
         raise IndexError(f"block {block} out of range (the cache has {self.manifest['n_blocks']} blocks).")
 
-    def gather(self, rows: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
-        """Rows (global indices) of each hook, as fresh float tensors [len(rows), D]."""
+    def gather(self, rows: torch.Tensor, hooks: list[str], pin_memory: bool = False) -> dict[str, torch.Tensor]:
+        """Rows (global indices) of each hook, as fresh float tensors [len(rows), D]; in page-locked
+        memory with `pin_memory` (needs CUDA), so a copy to the GPU runs asynchronously."""
         rows = rows.to(torch.int64)
         shard_of = torch.searchsorted(self.shard_starts, rows, right=True) - 1
-        out = {h: torch.empty(len(rows), self.d_in(h), dtype=self._dtype()) for h in hooks}
+        out = {h: torch.empty(len(rows), self.d_in(h), dtype=self._dtype(), pin_memory=pin_memory) for h in hooks}
         for i in shard_of.unique().tolist():
             sel = (shard_of == i).nonzero().squeeze(1)
             local = rows[sel] - self.shards[i].start
@@ -321,12 +322,14 @@ class ActivationCache:
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0,
                 hooks: list[str] | str | None = None, row_range: tuple[int, int] | None = None,
                 buffer_rows: int = 262_144, epochs: int | None = 1, skip_batches: int = 0,
-                prefetch: int = 2, drop_last: bool = True) -> Iterator[Any]:
+                prefetch: int = 2, drop_last: bool = True, pin_memory: bool = False) -> Iterator[Any]:
         """Batches of rows: a tensor [B, D] for one hook, a dict hook -> tensor for several.
 
         Rows within `row_range` are shuffled across shards through a buffer of `buffer_rows`
         indices (deterministic for `seed`; epoch e uses seed + e). `epochs=None` repeats forever.
         `skip_batches` starts later in the same sequence without reading the skipped rows.
+        `pin_memory` (for training on a GPU) gathers into page-locked memory, in the prefetch
+        thread.
         """
         single = isinstance(hooks, str) or hooks is None
         hook_list = [hooks or self.hooks[0]] if single else list(hooks)
@@ -335,7 +338,7 @@ class ActivationCache:
         index_iter = self.index_batches(batch_size, shuffle, seed, row_range, buffer_rows, epochs, drop_last)
         for _ in range(skip_batches):
             next(index_iter, None)
-        for batch in _prefetch((self.gather(rows, hook_list) for rows in index_iter), prefetch):
+        for batch in _prefetch((self.gather(rows, hook_list, pin_memory) for rows in index_iter), prefetch):
             yield batch[hook_list[0]] if single else batch
 
     def index_batches(self, batch_size: int, shuffle: bool = True, seed: int = 0,

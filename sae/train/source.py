@@ -20,8 +20,10 @@ from ..lm import LoadedModel, load_model
 class CacheSource:
     """Shuffled batches from a cache folder (several hooks share the same row order)."""
 
-    def __init__(self, cfg: DataConfig, hooks: list[str], batch_size: int, seed: int, buffer_rows: int):
+    def __init__(self, cfg: DataConfig, hooks: list[str], batch_size: int, seed: int, buffer_rows: int,
+                 pin_memory: bool = False):
         self.cache: ActivationCache = open_cache(cfg.cache)
+        self.pin_memory = pin_memory
         for hook in hooks:
             if hook not in self.cache.hooks:
                 raise ValueError(
@@ -42,7 +44,7 @@ class CacheSource:
     def batches(self, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         return self.cache.batches(self.batch_size, shuffle=True, seed=self.seed, hooks=self.hooks,
                                   row_range=self.train_range, buffer_rows=self.buffer_rows,
-                                  epochs=None, skip_batches=skip)
+                                  epochs=None, skip_batches=skip, pin_memory=self.pin_memory)
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
         """n training rows (a fixed random subset) for initialisation."""
@@ -138,8 +140,9 @@ class StreamSource:
 
 
 def make_source(cfg: DataConfig, hooks: list[str], batch_size: int, seed: int, n_rows: int,
-                buffer_rows: int) -> CacheSource | StreamSource:
-    """A CacheSource when `cfg.cache` is set, else a StreamSource over `cfg.source`."""
+                buffer_rows: int, pin_memory: bool = False) -> CacheSource | StreamSource:
+    """A CacheSource when `cfg.cache` is set (batches page-locked with `pin_memory`, for a GPU),
+    else a StreamSource over `cfg.source`."""
     if cfg.cache:
-        return CacheSource(cfg, hooks, batch_size, seed, buffer_rows)
+        return CacheSource(cfg, hooks, batch_size, seed, buffer_rows, pin_memory)
     return StreamSource(cfg, hooks, batch_size, seed, n_rows)

@@ -143,7 +143,7 @@ class Trainer:
         hooks = self._hooks()
         self.total_steps = self.tc.tokens // (self.tc.batch_size * self.world)
         self.source = make_source(cfg.data, hooks, self.tc.batch_size, self.tc.seed, self.tc.tokens,
-                                  self.tc.shuffle_buffer)
+                                  self.tc.shuffle_buffer, pin_memory=self.device.type == "cuda")
         model_name = self._model_name()
         self.sae_cfgs = [resolve_sae_config(s, hooks[0], self.source.d_in, model_name) for s in cfg.saes]
         self.members = [self._member(i, c) for i, c in enumerate(self.sae_cfgs)]
@@ -241,13 +241,21 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> None:
         for m in self.members:
-            x_BD = self._clean(batch[m.hook].to(self.device, torch.float32, non_blocking=True))
+            x_BD = batch[m.hook]
+            if x_BD.device.type == "cpu":  # check on the host, before the copy: no device sync
+                x_BD = self._clean(x_BD).to(self.device, torch.float32, non_blocking=True)
+            else:
+                x_BD = self._clean(x_BD.to(self.device, torch.float32))
             self._step_member(m, x_BD)
 
     def _clean(self, x_BD: torch.Tensor) -> torch.Tensor:
+        # Any NaN or inf in a row makes its sum non-finite: one cheap reduction clears almost
+        # every batch; the exact per-element check runs only when it fails.
+        if bool(torch.isfinite(x_BD.sum(-1, dtype=torch.float32)).all()):
+            return x_BD
         finite_B = torch.isfinite(x_BD).all(-1)
         if bool(finite_B.all()):
-            return x_BD
+            return x_BD  # finite rows whose sums overflowed
         bad = int((~finite_B).sum())
         if self.tc.nonfinite == "stop":
             raise TrainingError(
@@ -302,12 +310,12 @@ class Trainer:
             fired_F = torch.zeros_like(m.since_fired_F)
             fired_F.index_add_(0, out.idx_BK.reshape(-1), (out.vals_BK > 0).reshape(-1).long())
             if m.sae.cfg.activation == "batchtopk":
-                positive = out.vals_BK[out.vals_BK > 0]
-                if positive.numel():
-                    low = positive.min()
-                    # Running estimate of the smallest kept activation: the inference threshold.
-                    m.sae.threshold.copy_(torch.where(m.sae.threshold > 0,
-                                                      0.99 * m.sae.threshold + 0.01 * low, low))
+                # Running estimate of the smallest kept activation: the inference threshold.
+                # Masked with where/min, not boolean indexing, so a GPU never syncs here.
+                low = torch.where(out.vals_BK > 0, out.vals_BK, torch.inf).min().to(m.sae.threshold.dtype)
+                th = m.sae.threshold
+                new = torch.where(th > 0, 0.99 * th + 0.01 * low, low)
+                m.sae.threshold.copy_(torch.where(torch.isfinite(low), new, th))
         else:
             fired_F = (out.latents_BF > 0).sum(0)
         if self.world > 1:

@@ -145,9 +145,9 @@ def test_several_saes_share_one_stream(tmp_path):
     calls = []
     original = ActivationCache.gather
 
-    def counting(self, rows, hooks):
+    def counting(self, rows, hooks, *args, **kwargs):
         calls.append(tuple(hooks))
-        return original(self, rows, hooks)
+        return original(self, rows, hooks, *args, **kwargs)
 
     ActivationCache.gather = counting
     try:
@@ -206,6 +206,49 @@ def test_nonfinite_rows_are_skipped_and_counted(tmp_path):
     result = train(load_run_config(raw=raw))
     assert result.skipped_rows == 4  # every row seen once in 8 steps of 256 out of 2048
     assert all(torch.isfinite(t).all() for t in load_file(str(result.saes[HOOK] / "sae_weights.safetensors")).values())
+
+
+def test_nonfinite_check_is_exact_behind_its_cheap_first_pass():
+    """The trainer first checks row sums (one reduction, on the host before the copy to a GPU);
+    rows with +inf and -inf (sum NaN) still go, finite rows whose sum overflows still stay."""
+    from sae.config import TrainConfig
+    from sae.train.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.tc, trainer.step, trainer.skipped_rows = TrainConfig(tokens=256, batch_size=256), 0, 0
+    x = torch.randn(6, 4)
+    x[1, 0] = float("nan")
+    x[2, 1] = float("inf")
+    x[3, 0], x[3, 1] = float("inf"), float("-inf")
+    x[4, :2] = 3e38  # finite, but the row sum overflows to inf
+    kept = trainer._clean(x)
+    assert trainer.skipped_rows == 3
+    assert torch.equal(kept, x[[0, 4, 5]])
+    big = torch.full((3, 4), 3e38)
+    assert trainer._clean(big) is big and trainer.skipped_rows == 3
+
+
+def test_batchtopk_threshold_update(tmp_path):
+    """The running inference threshold: the smallest positive value kept, averaged 0.99/0.01;
+    a batch with nothing kept leaves it alone (computed without boolean indexing: no GPU sync)."""
+    from types import SimpleNamespace
+
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+    from sae.train.trainer import Member, Trainer
+
+    sae = SparseAutoencoder(SAEConfig(d_in=4, d_sae=8, k=2, activation="batchtopk", hook_name=HOOK))
+    member = Member("m", HOOK, sae, torch.optim.Adam(sae.parameters()), torch.zeros(8, dtype=torch.long))
+    trainer = Trainer.__new__(Trainer)
+    trainer.world = 1
+    idx = torch.tensor([[1, 2], [3, 0]])
+    trainer._track_firing(member, SimpleNamespace(idx_BK=idx, vals_BK=torch.tensor([[0.5, 0.2], [0.0, 0.0]])), 2)
+    assert float(sae.threshold) == pytest.approx(0.2)
+    trainer._track_firing(member, SimpleNamespace(idx_BK=idx, vals_BK=torch.tensor([[0.4, 0.3], [1.0, 0.0]])), 2)
+    assert float(sae.threshold) == pytest.approx(0.99 * 0.2 + 0.01 * 0.3)
+    trainer._track_firing(member, SimpleNamespace(idx_BK=idx, vals_BK=torch.zeros(2, 2)), 2)
+    assert float(sae.threshold) == pytest.approx(0.99 * 0.2 + 0.01 * 0.3)
+    assert member.since_fired_F.tolist() == [6, 2, 2, 2, 6, 6, 6, 6]  # 1-3 fired in the second batch
 
 
 def test_nonfinite_rows_stop_when_configured(tmp_path):
