@@ -165,6 +165,8 @@ def op_calls(d_in: int, d_sae: int, k: int, batch: int) -> list[tuple[str, Calla
                                                             e(batch, d_in), d_sae)),
         ("sparse_outer fp32", lambda: ops.sparse_outer(idx, e(batch, k), e(batch, d_in), d_sae)),
         ("remove_parallel_grad_", lambda: ops.remove_parallel_grad_(W_dec, e(d_sae, d_in))),
+        ("decoder_adam_step_", lambda: ops.decoder_adam_step_(W_dec, e(d_sae, d_in), e(d_sae, d_in), e(d_sae, d_in),
+                                                              torch.ones(()), 1e-4, 0.9, 0.999)),
         ("normalize_rows_", lambda: ops.normalize_rows_(W_dec)),
     ]
     return calls

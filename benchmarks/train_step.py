@@ -18,7 +18,6 @@ import time
 import torch
 
 from sae.config import DataConfig, EvalConfig, SAEConfig, TrainConfig
-from sae.model import SparseAutoencoder
 from sae.train.run_config import RunConfig, SAESpec
 from sae.train.trainer import Member, Trainer
 
@@ -36,7 +35,8 @@ def _time(fn, reps: int, warmup: int = 2) -> float:
 
 def bare_trainer(cfg: SAEConfig, batch: int, dead_tokens: int, device: str = "cpu",
                  encoder_dtype: str = "float32") -> tuple[Trainer, Member]:
-    """A Trainer with one member and no data source, to time its step function alone."""
+    """A Trainer with one member (its own SAE and optimiser) and no data source, to time its step
+    function alone."""
     trainer = Trainer.__new__(Trainer)
     trainer.tc = TrainConfig(tokens=batch * 1000, batch_size=batch, dead_tokens=dead_tokens, progress=False,
                              encoder_dtype=encoder_dtype)
@@ -45,10 +45,8 @@ def bare_trainer(cfg: SAEConfig, batch: int, dead_tokens: int, device: str = "cp
     trainer.rank, trainer.world, trainer.step, trainer.total_steps = 0, 1, 0, 1000
     trainer.device = torch.device(device)
     trainer.skipped_rows = 0
-    sae = SparseAutoencoder(cfg).to(device)
-    optim = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
-    member = Member("bench", cfg.hook_name, sae, optim, torch.zeros(cfg.d_sae, dtype=torch.long, device=device))
-    return trainer, member
+    trainer.sae_cfgs = [cfg]
+    return trainer, trainer._member(0, cfg)  # the trainer's own SAE and optimiser set-up
 
 
 def bench(d_in: int, d_sae: int, k: int, batch: int, reps: int, activation: str = "topk",

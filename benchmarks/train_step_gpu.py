@@ -5,10 +5,11 @@ A step (batch 4096 by default):
    formed inside, so b_dec's gradient is one GEMV);
 2. decode: sparse_decode(vals, idx, W_dec, b_dec) -> fp32 reconstruction; MSE loss;
 3. backward (sparse: no dense [B, d_sae] gradient);
-4. remove the decoder gradient's component along each unit-norm row; fused torch Adam step;
-   renormalise the decoder rows.
+4. UnitRowAdam: fused torch Adam for the encoder and biases; for the decoder one pass that
+   removes the gradient's component along each unit-norm row, steps Adam and renormalises.
 Floors from the same run: the bf16 encoder GEMM alone, torch.topk on the [B, d_sae] bf16
-pre-activations, our fused select alone, the fused Adam step alone; and the toolkit's own trainer
+pre-activations, our fused select alone, torch's fused Adam over the same weights (the floor) and
+our optimizer step alone; and the toolkit's own trainer
 step (`sae.train`, encoder_dtype bfloat16, AuxK on 10% dead latents) for comparison. Then the
 selection's chunk length / warps grid, and sweeps over d_sae (2^14..2^20, k=32, d_in=768) and
 over k (16..256, d_sae=32768).
@@ -60,6 +61,7 @@ class Row:
     torch_topk_ms: float = float("nan")
     select_ms: float = float("nan")
     adam_ms: float = float("nan")
+    opt_ms: float = float("nan")
     peak_gib: float = float("nan")
     lib_step_ms: float = float("nan")
     tokens_per_s: float = float("nan")
@@ -123,8 +125,11 @@ class Trainer:
         self.b_enc = torch.zeros(d_sae, device=dev, requires_grad=True)
         self.W_dec = W_dec.requires_grad_()
         self.b_dec = torch.zeros(d_in, device=dev, requires_grad=True)
-        params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
-        self.opt = torch.optim.Adam(params, lr=1e-4, fused=dev == "cuda")
+        import sae_kernels
+
+        self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+        # Adam with the decoder's projection and renormalisation fused in, as the trainer uses.
+        self.opt = sae_kernels.UnitRowAdam(self.params, unit_rows=self.W_dec, lr=1e-4, fused=dev == "cuda")
 
     def forward_backward(self) -> None:
         import sae_kernels
@@ -136,13 +141,8 @@ class Trainer:
         loss.backward()
 
     def step(self) -> None:
-        import sae_kernels
-
         self.forward_backward()
-        sae_kernels.remove_parallel_grad_(self.W_dec.detach(), self.W_dec.grad)
         self.opt.step()
-        with torch.no_grad():
-            sae_kernels.normalize_rows_(self.W_dec)
         self.opt.zero_grad(set_to_none=True)
 
     def zero_grad(self) -> None:
@@ -174,8 +174,11 @@ def _fill(row: Row, iters: int) -> None:
         trainer.zero_grad()
 
     row.no_opt_ms = cuda_time_ms(no_opt, iters, warmup=1)
-    trainer.forward_backward()  # leave gradients for the Adam floor
-    row.adam_ms = cuda_time_ms(trainer.opt.step, iters, warmup=1)
+    trainer.forward_backward()  # leave gradients for the optimizer timings
+    row.opt_ms = cuda_time_ms(trainer.opt.step, iters, warmup=1)
+    floor = torch.optim.Adam(trainer.params, lr=1e-4, fused=DEV == "cuda")  # plain fused Adam, own state
+    row.adam_ms = cuda_time_ms(floor.step, iters, warmup=1)
+    del floor
     trainer.zero_grad()
 
     x_bf16 = trainer.x_BD
@@ -252,7 +255,8 @@ def print_select_sweep(configs: list[tuple[int, int, int]], iters: int, batch: i
 
 HEADER = (
     "| d_in | d_sae | k | step ms | target | fwd+bwd ms | bf16 GEMM ms | (fwd+bwd)/GEMM "
-    "| torch.topk ms | select ms | select/topk | Adam ms | peak GiB | library step ms | tokens/s | TFLOP/s |"
+    "| torch.topk ms | select ms | select/topk | Adam ms | our opt ms | peak GiB | library step ms | tokens/s "
+    "| TFLOP/s |"
 )
 
 
@@ -260,13 +264,14 @@ def markdown_row(row: Row) -> str:
     """One table line; an error row names the exception instead of the numbers."""
     head = f"| {row.d_in} | {row.d_sae} | {row.k} |"
     if row.error:
-        return head + f" error: {row.error} |" + " |" * 12
+        return head + f" error: {row.error} |" + " |" * 13
     target = STEP_TARGET_MS.get((row.d_in, row.d_sae, row.k))
     verdict = "-" if target is None else f"{target} {'ok' if row.step_ms <= target else 'MISS'}"
     return head + (
         f" {row.step_ms:.3f} | {verdict} | {row.no_opt_ms:.3f} | {row.gemm_ms:.3f} "
         f"| {row.step_over_gemm:.2f} | {row.torch_topk_ms:.3f} | {row.select_ms:.3f} "
-        f"| {row.select_over_topk:.2f} | {row.adam_ms:.3f} | {row.peak_gib:.2f} | {row.lib_step_ms:.3f} "
+        f"| {row.select_over_topk:.2f} | {row.adam_ms:.3f} | {row.opt_ms:.3f} | {row.peak_gib:.2f} "
+        f"| {row.lib_step_ms:.3f} "
         f"| {row.tokens_per_s:,.0f} | {row.tflops:.1f} |"
     )
 
@@ -274,7 +279,7 @@ def markdown_row(row: Row) -> str:
 def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n### {title}\n")
     print(HEADER)
-    print("|" + "---|" * 16)
+    print("|" + "---|" * 17)
     for row in rows:
         print(markdown_row(row), flush=True)
 

@@ -5,6 +5,7 @@ This package knows nothing of `sae`; the model reaches it through the functions 
 
 from .autograd import SparseCode, sparse_decode, topk_encode
 from .dispatch import backend_name, ops_for
+from .optim import UnitRowAdam
 
 
 def remove_parallel_grad_(W_dec_FD, grad_FD) -> None:
@@ -19,6 +20,7 @@ def normalize_rows_(W_dec_FD) -> None:
 
 __all__ = [
     "SparseCode",
+    "UnitRowAdam",
     "backend_name",
     "normalize_rows_",
     "ops_for",

@@ -11,7 +11,8 @@
    written once (zeros for unused latents), either output layout ([F, D] or [D, F]) written
    directly, and the column sums (the encoder-bias gradient) come out of the same pass.
 4. Row maintenance of W_dec [F, D]: remove from each row's gradient its component along the row,
-   and rescale rows to unit norm; one program per BLOCK_R full rows.
+   and rescale rows to unit norm; one program per BLOCK_R full rows. The same programs can also
+   run the whole decoder optimizer step (projection, Adam, renormalisation) in one pass.
 
 Variable sparsity (BatchTopK, JumpReLU) uses a padded [B, Kmax] layout: padded entries carry value
 0 and any valid index, so they add nothing to a decode or an outer product; their value gradient
@@ -156,6 +157,33 @@ def _normalize_kernel(
     tl.store(ptrs, (w / tl.maximum(norm, eps)[:, None]).to(w_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _decoder_adam_kernel(
+    w_ptr, g_ptr, m_ptr, v_ptr, step_ptr, n_rows, D, lr, beta1, beta2, eps, norm_eps,
+    PROJECT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One Adam step on BLOCK_R whole decoder rows: project the gradient, update both moments and
+    the row, renormalise the row. W, grad and both moments share one contiguous [F, D] layout."""
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    ok = (rows < n_rows)[:, None] & (cols < D)[None, :]
+    offs = rows[:, None] * D + cols[None, :]
+    w = tl.load(w_ptr + offs, mask=ok, other=0.0)
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0)
+    if PROJECT:
+        g = g - tl.sum(g * w, 1)[:, None] * w
+    m = beta1 * tl.load(m_ptr + offs, mask=ok, other=0.0) + (1.0 - beta1) * g
+    v = beta2 * tl.load(v_ptr + offs, mask=ok, other=0.0) + (1.0 - beta2) * g * g
+    step = tl.load(step_ptr).to(tl.float32)
+    bias1 = 1.0 - tl.exp(step * tl.log(beta1))
+    bias2 = 1.0 - tl.exp(step * tl.log(beta2))
+    w = w - (lr / bias1) * m / (tl.sqrt(v) / tl.sqrt(bias2) + eps)
+    w = w / tl.maximum(tl.sqrt(tl.sum(w * w, 1)), norm_eps)[:, None]
+    tl.store(w_ptr + offs, w, mask=ok)
+    tl.store(m_ptr + offs, m, mask=ok)
+    tl.store(v_ptr + offs, v, mask=ok)
+
+
 def _pow2_at_most(n: int, cap: int, floor: int = 16) -> int:
     return max(floor, min(cap, triton.next_power_of_2(n)))
 
@@ -283,4 +311,21 @@ def normalize_(W_FD: torch.Tensor, eps: float) -> None:
     _normalize_kernel[(triton.cdiv(n_rows, block_r),)](
         W_FD, n_rows, d, *W_FD.stride(), eps,
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8,
+    )
+
+
+def decoder_adam_(
+    W_FD: torch.Tensor, grad_FD: torch.Tensor, exp_avg_FD: torch.Tensor, exp_avg_sq_FD: torch.Tensor,
+    step: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, project: bool, norm_eps: float,
+) -> None:
+    """Adam on unit-norm rows in one pass (see `_decoder_adam_kernel`); `step` is the already
+    incremented step count, read on the device (a 0-dim tensor: no host sync)."""
+    n_rows, d = W_FD.shape
+    if n_rows == 0:
+        return
+    block_r, block_d = _row_blocks(d)
+    _decoder_adam_kernel[(triton.cdiv(n_rows, block_r),)](
+        W_FD, grad_FD, exp_avg_FD, exp_avg_sq_FD, step, n_rows, d, lr, beta1, beta2, eps, norm_eps,
+        # 16 elements of each of the four tensors per thread: 8 warps for a 4096-element tile.
+        PROJECT=project, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=8,
     )

@@ -21,10 +21,12 @@ import torch
 
 from . import _triton_select as select
 from . import _triton_sparse as sparse
+from . import eager
 from .eager import scatter_sum
 
 __all__ = [
     "batch_topk_select",
+    "decoder_adam_step_",
     "normalize_rows_",
     "remove_parallel_grad_",
     "scatter_sum",
@@ -116,6 +118,21 @@ def normalize_rows_(W_dec_FD: torch.Tensor, eps: float = 1e-8) -> None:
     """Scale every decoder row to unit L2 norm (norms clamped at eps), in place."""
     _check_rows(W_dec_FD)
     sparse.normalize_(W_dec_FD, eps)
+
+
+def decoder_adam_step_(
+    W_dec_FD: torch.Tensor, grad_FD: torch.Tensor, exp_avg_FD: torch.Tensor, exp_avg_sq_FD: torch.Tensor,
+    step: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float = 1e-8, project: bool = True,
+    norm_eps: float = 1e-8,
+) -> None:
+    """Projection, Adam and renormalisation of unit-norm decoder rows in one pass (eager twin's
+    doc). The four tensors must be contiguous fp32 [F, D]; other layouts take the eager twin."""
+    tensors = (W_dec_FD, grad_FD, exp_avg_FD, exp_avg_sq_FD)
+    _check_rows(*tensors)
+    if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
+        eager.decoder_adam_step_(*tensors, step, lr, beta1, beta2, eps, project, norm_eps)
+        return
+    sparse.decoder_adam_(*tensors, step, lr, beta1, beta2, eps, project, norm_eps)
 
 
 def _check_rows(*tensors: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sae_kernels
 import torch
 
 from ..config import SAEConfig, to_dict
@@ -177,7 +178,12 @@ class Trainer:
     def _member(self, i: int, cfg: SAEConfig) -> Member:
         sae = SparseAutoencoder(cfg, device=self.device, seed=self.tc.seed + i)
         fused = self.device.type in ("cuda", "cpu")
-        optim = torch.optim.Adam(sae.parameters(), lr=self.tc.lr, betas=self.tc.adam_betas, fused=fused)
+        kw = {"lr": self.tc.lr, "betas": self.tc.adam_betas, "fused": fused}
+        if self.tc.normalize_decoder:
+            # Projection, Adam and renormalisation of the decoder rows in one pass.
+            optim = sae_kernels.UnitRowAdam(sae.parameters(), unit_rows=sae.W_dec, **kw)
+        else:
+            optim = torch.optim.Adam(sae.parameters(), **kw)
         same_hook = sum(c.hook_name == cfg.hook_name for c in self.sae_cfgs)
         name = self.cfg.saes[i].name or (cfg.hook_name if same_hook == 1 else
                                          f"{cfg.hook_name}.{cfg.activation}.k{cfg.k}.d{cfg.d_sae}")
@@ -286,12 +292,8 @@ class Trainer:
         parts = compute_loss(m.sae, x_BD, out, tc.aux_coef, coef, aux_active)
         parts.total.backward()
         self._all_reduce_grads(m)
-        if tc.normalize_decoder:
-            m.sae.remove_parallel_decoder_grad_()
-        m.optim.step()
+        m.optim.step()  # with normalize_decoder, UnitRowAdam also keeps the decoder rows unit-norm
         m.optim.zero_grad(set_to_none=True)
-        if tc.normalize_decoder:
-            m.sae.set_decoder_norm_to_unit_()
         self._track_firing(m, out, x_BD.shape[0])
         m.last = parts
         m.l0_sum = out.l0_B.float().mean().detach()

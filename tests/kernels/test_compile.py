@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"_select_kernel", "_decode_kernel", "_grad_vals_kernel", "_segment_outer_kernel",
-           "_remove_parallel_kernel", "_normalize_kernel"}
+           "_remove_parallel_kernel", "_normalize_kernel", "_decoder_adam_kernel"}
 
 
 def test_every_kernel_compiles_for_sm90_without_spills(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def test_train_step_gpu_smoke_runs_every_path(tmp_path: Path) -> None:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     (row,) = report["main"]
     assert row["error"] == ""
-    for key in ("step_ms", "no_opt_ms", "gemm_ms", "torch_topk_ms", "select_ms", "adam_ms", "lib_step_ms"):
+    for key in ("step_ms", "no_opt_ms", "gemm_ms", "torch_topk_ms", "select_ms", "adam_ms", "opt_ms", "lib_step_ms"):
         assert row[key] > 0, key
     (sweep,) = report["select_sweep"].values()
     assert len(sweep) == 7 and all(ms > 0 for ms in sweep.values())
