@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-GPU check of the Triton kernels, in about 6 minutes, installing nothing when it can:
 # 1. print the GPU (nvidia-smi) and the torch / triton versions;
-# 2. make `import sae_kernels` work: the installed package, else a symlink on PYTHONPATH
-#    (no pip, no network), else `pip install --no-deps -e .` as the last resort;
+# 2. install the wheels carried in .whl/ (benchmarks/gpu_wheels.sh) if any; make `import
+#    sae_kernels` work: the installed package, else a symlink on PYTHONPATH (no pip, no
+#    network), else `pip install --no-deps -e .` as the last resort;
 # 3. run the GPU-marked kernel tests with compiled kernels (TRITON_INTERPRET=0);
 # 4. run benchmarks/train_step_gpu.py (main configs, the toolkit's own trainer step, the selection's
 #    chunk/warps grid, d_sae and k sweeps; --quick with QUICK=1);
@@ -28,6 +29,14 @@ say "GPU"
 run nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 run "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" \
     || { say "torch/triton missing: nothing to check"; exit 2; }
+
+# The lent GPU machine has no network and no transformer-lens: benchmarks/gpu_wheels.sh fetches
+# the missing wheels into .whl/ beforehand, carried along with the working tree.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    say "installing the carried wheels in .whl/ (no network, no deps)"
+    run "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/sae-site .whl/*.whl
+    export PYTHONPATH="/tmp/sae-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 if ! "$PY" -c "import sae_kernels" 2>/dev/null; then
     shim="$(mktemp -d)"
