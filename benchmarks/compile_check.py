@@ -142,7 +142,7 @@ def op_calls(d_in: int, d_sae: int, k: int, batch: int) -> list[tuple[str, Calla
     idx = torch.zeros(batch, k, dtype=torch.int64)
     idx_aux = torch.zeros(batch, k + k_aux, dtype=torch.int64)
     dead = torch.zeros(d_sae, dtype=torch.bool)
-    W_dec, W_enc_T = e(d_sae, d_in), e(d_sae, d_in)
+    W_dec, W_enc_T, W_dec16 = e(d_sae, d_in), e(d_sae, d_in), e(d_sae, d_in, dtype=torch.bfloat16)
     calls = []
     for name, dt in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         pre = e(batch, d_sae, dtype=dt)
@@ -161,6 +161,10 @@ def op_calls(d_in: int, d_sae: int, k: int, batch: int) -> list[tuple[str, Calla
         ]
     calls += [
         ("sparse_decode_grad_vals fp32", lambda: ops.sparse_decode_grad_vals(e(batch, d_in), idx, W_dec)),
+        # The bf16 encoder's decodes: rows gathered from a bf16 copy of W_dec, fp32 out.
+        ("sparse_decode bf16 copy", lambda: ops.sparse_decode(e(batch, k, dtype=torch.bfloat16), idx,
+                                                              W_dec16, torch.float32)),
+        ("sparse_decode_grad_vals bf16 copy", lambda: ops.sparse_decode_grad_vals(e(batch, d_in), idx, W_dec16)),
         ("sparse_outer bf16 vals", lambda: ops.sparse_outer(idx, e(batch, k, dtype=torch.bfloat16),
                                                             e(batch, d_in), d_sae)),
         ("sparse_outer fp32", lambda: ops.sparse_outer(idx, e(batch, k), e(batch, d_in), d_sae)),

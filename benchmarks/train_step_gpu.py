@@ -3,7 +3,8 @@
 A step (batch 4096 by default):
 1. encode: topk_encode(x bf16, W_enc fp32 master cast to bf16 for the GEMM, b_enc, k, b_dec) (x - b_dec
    formed inside, so b_dec's gradient is one GEMV);
-2. decode: sparse_decode(vals, idx, W_dec, b_dec) -> fp32 reconstruction; MSE loss;
+2. decode: sparse_decode(vals, idx, W_dec, b_dec), rows read from a bf16 copy of W_dec made once
+   per step -> fp32 reconstruction; MSE loss;
 3. backward (sparse: no dense [B, d_sae] gradient);
 4. UnitRowAdam: fused torch Adam for the encoder and biases; for the decoder one pass that
    removes the gradient's component along each unit-norm row, steps Adam and renormalises.
@@ -136,7 +137,8 @@ class Trainer:
 
         x = self.x_BD
         code = sae_kernels.topk_encode(x, self.W_enc, self.b_enc, self.k, b_dec_D=self.b_dec)
-        recon = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec)
+        W_gather = self.W_dec.detach().bfloat16()  # as the trainer does under a bf16 encoder
+        recon = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec, W_gather)
         loss = (recon - x.float()).pow(2).sum(-1).mean()
         loss.backward()
 

@@ -49,9 +49,10 @@ def _decode_kernel(
         ok = row_ok[:, None] & (ks < K)[None, :]
         v = tl.load(vals_ptr + rows[:, None] * stride_vb + ks[None, :], mask=ok, other=0.0)
         i = tl.load(idx_ptr + rows[:, None] * stride_ib + ks[None, :], mask=ok, other=0)
+        # Zero values (ReLU zeros, AuxK and BatchTopK padding) read no decoder row.
         w = tl.load(
             w_ptr + i.to(tl.int64)[:, :, None] * stride_wf + cols[None, None, :] * stride_wd,
-            mask=ok[:, :, None] & col_ok[None, None, :], other=0.0,
+            mask=(ok & (v != 0))[:, :, None] & col_ok[None, None, :], other=0.0,
         ).to(tl.float32)
         acc += tl.sum(w * v.to(tl.float32)[:, :, None], 1)
     out_ptrs = out_ptr + rows[:, None] * stride_ob + cols[None, :]

@@ -53,11 +53,15 @@ def topk_select(
     return vals_BK, idx_BK, aux_vals.clamp_min_(0.0), aux_idx
 
 
-def sparse_decode(vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
-    """out[b] = sum_j vals[b, j] * W_dec[idx[b, j]]  ->  [B, D] (no bias)."""
-    return torch.nn.functional.embedding_bag(
-        idx_BK, W_dec_FD, per_sample_weights=vals_BK.to(W_dec_FD.dtype), mode="sum"
-    )
+def sparse_decode(
+    vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """out[b] = sum_j vals[b, j] * W_dec[idx[b, j]]  ->  [B, D] in `out_dtype` (default W_dec's;
+    no bias). A wider `out_dtype` than W_dec's also accumulates in it."""
+    out_dtype = out_dtype or W_dec_FD.dtype
+    W_FD = W_dec_FD if W_dec_FD.dtype == out_dtype else W_dec_FD.to(torch.promote_types(W_dec_FD.dtype, out_dtype))
+    out_BD = torch.nn.functional.embedding_bag(idx_BK, W_FD, per_sample_weights=vals_BK.to(W_FD.dtype), mode="sum")
+    return out_BD.to(out_dtype)
 
 
 def sparse_decode_grad_vals(

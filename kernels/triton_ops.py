@@ -65,9 +65,12 @@ def batch_topk_select(
     return select.batch_topk(pre_BF, b_enc_F, k_total)
 
 
-def sparse_decode(vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
-    """out[b] = sum_j vals[b, j] * W_dec[idx[b, j]]  ->  [B, D] in W_dec's dtype (no bias)."""
-    return sparse.decode(vals_BK, idx_BK, W_dec_FD, W_dec_FD.dtype)
+def sparse_decode(
+    vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """out[b] = sum_j vals[b, j] * W_dec[idx[b, j]]  ->  [B, D] in `out_dtype` (default W_dec's;
+    no bias), accumulated in fp32. Zero values read no row."""
+    return sparse.decode(vals_BK, idx_BK, W_dec_FD, out_dtype or W_dec_FD.dtype)
 
 
 def sparse_decode_grad_vals(

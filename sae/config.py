@@ -136,8 +136,9 @@ class TrainConfig:
     device: str = "auto"
     """`auto` (cuda when available), `cpu`, or `cuda[:N]`."""
     encoder_dtype: str = "float32"
-    """`float32` or `bfloat16`: dtype of the encoder GEMM's inputs. Weights, Adam state, the
-    decoder and the loss stay fp32 (master weights); bfloat16 is the fast setting on GPUs."""
+    """`float32` or `bfloat16`: dtype of the encoder GEMM's inputs and of the decoder rows the
+    sparse decodes read (topk family). Weights, Adam state, accumulation, the loss and gradients
+    stay fp32 (master weights); bfloat16 is the fast setting on GPUs."""
     progress: bool = True
     """Show a progress bar."""
 

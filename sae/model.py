@@ -36,6 +36,8 @@ class ForwardOutput(NamedTuple):
     aux_idx_BK: torch.Tensor | None
     pre_BF: torch.Tensor | None
     l0_B: torch.Tensor
+    W_gather_FD: torch.Tensor | None = None
+    """The low-precision copy of W_dec the sparse decodes read rows from (bf16 encoder), or None."""
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -159,7 +161,8 @@ class SparseAutoencoder(nn.Module):
                 k_aux: int = 0, encoder_dtype: torch.dtype | None = None) -> ForwardOutput:
         """Training forward pass. `dead_F`/`k_aux` ask the topk family for the AuxK selection;
         `encoder_dtype` (e.g. bfloat16) is the dtype of the encoder GEMM's inputs, whose result
-        the selection reads; everything after it stays in the weights' dtype."""
+        the selection reads, and of the decoder rows the sparse decodes gather; accumulation,
+        the loss and every gradient stay in the weights' dtype."""
         act = self.cfg.activation
         enc_dtype = encoder_dtype or self.W_enc.dtype
         if act in ("topk", "batchtopk"):
@@ -169,10 +172,13 @@ class SparseAutoencoder(nn.Module):
                 x_BD, self.W_enc, self.b_enc, self.cfg.k, dead_F, k_aux,
                 per_batch=act == "batchtopk", b_dec_D=self.b_dec,
             )
-            recon_BD = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec)
+            # Under a bf16 encoder the decodes read their rows from one bf16 copy per step (fp32
+            # accumulation, fp32 W_dec gradient): half the bytes of the step's largest gathers.
+            W_gather = None if enc_dtype == self.W_dec.dtype else self.W_dec.detach().to(enc_dtype)
+            recon_BD = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec, W_gather)
             l0_B = (code.vals_BK > 0).sum(-1)
             return ForwardOutput(recon_BD / self.input_scale, code.vals_BK, code.idx_BK, None,
-                                 code.aux_vals_BK, code.aux_idx_BK, None, l0_B)
+                                 code.aux_vals_BK, code.aux_idx_BK, None, l0_B, W_gather)
         pre_BF = (self._center(x_BD).to(enc_dtype) @ self.W_enc.to(enc_dtype)).to(self.W_enc.dtype) + self.b_enc
         if act == "jumprelu":
             latents_BF = _JumpReLU.apply(pre_BF, self.jumprelu_threshold(), self.cfg.jumprelu_bandwidth)

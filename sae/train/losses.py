@@ -46,7 +46,7 @@ def compute_loss(sae: SparseAutoencoder, x_BD: torch.Tensor, out: ForwardOutput,
     zero = mse.new_zeros(())
     aux = sparsity = zero
     if out.aux_idx_BK is not None and out.aux_idx_BK.shape[1] > 0:
-        aux = auxk_loss(sae, err_BD.detach(), out.aux_vals_BK, out.aux_idx_BK)
+        aux = auxk_loss(sae, err_BD.detach(), out.aux_vals_BK, out.aux_idx_BK, out.W_gather_FD)
         if aux_active is not None:
             aux = aux * aux_active
     if sae.cfg.activation == "relu":
@@ -58,11 +58,12 @@ def compute_loss(sae: SparseAutoencoder, x_BD: torch.Tensor, out: ForwardOutput,
 
 
 def auxk_loss(sae: SparseAutoencoder, neg_residual_BD: torch.Tensor, aux_vals_BK: torch.Tensor,
-              aux_idx_BK: torch.Tensor) -> torch.Tensor:
-    """||r - W_dec z_aux||^2 / ||r - mean r||^2 with r = x - recon (given as recon - x)."""
+              aux_idx_BK: torch.Tensor, W_gather_FD: torch.Tensor | None = None) -> torch.Tensor:
+    """||r - W_dec z_aux||^2 / ||r - mean r||^2 with r = x - recon (given as recon - x); rows
+    read from `W_gather_FD` when given (see `sae_kernels.sparse_decode`)."""
     residual_BD = -neg_residual_BD
     zero_D = torch.zeros_like(sae.b_dec)
-    aux_recon_BD = sae_kernels.sparse_decode(aux_vals_BK, aux_idx_BK, sae.W_dec, zero_D)
+    aux_recon_BD = sae_kernels.sparse_decode(aux_vals_BK, aux_idx_BK, sae.W_dec, zero_D, W_gather_FD)
     num = (aux_recon_BD - residual_BD).pow(2).sum()
     den = (residual_BD - residual_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     return num / den

@@ -121,6 +121,32 @@ def test_encoder_grad_in_the_weights_dtype(device, gen, monkeypatch, backend):
     close(b_enc.grad, ref_b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_decode_reads_rows_from_a_bf16_copy(device, gen, monkeypatch, backend):
+    """W_gather_FD: the forward and the values' gradient use the bf16 copy's (rounded) rows,
+    accumulated in fp32 and returned in W_dec's dtype; W_dec's and b_dec's gradients are the
+    ones without the copy."""
+    monkeypatch.setenv("SAE_KERNELS", backend)
+    *_, W_dec, b_dec, _ = _params(gen, device)
+    idx = torch.randint(0, D_SAE, (N_ROWS, K), generator=gen).to(device)
+    vals = torch.rand(N_ROWS, K, generator=gen).to(device).requires_grad_()
+    vals_ref = vals.detach().clone().requires_grad_()
+    W16 = W_dec.detach().bfloat16()
+    weights = torch.randn(N_ROWS, D_IN, generator=gen).to(device)
+    out = sparse_decode(vals, idx, W_dec, b_dec, W16)
+    assert out.dtype == torch.float32
+    (out * weights).sum().backward()
+    grads_with = (vals.grad, W_dec.grad.clone(), b_dec.grad.clone())
+    W_dec.grad = b_dec.grad = None
+    (sparse_decode(vals_ref, idx, W_dec, b_dec) * weights).sum().backward()
+    W16_64 = W16.cpu().double()
+    ref_out = (vals.detach().cpu().double()[:, :, None] * W16_64[idx.cpu()]).sum(1) + b_dec.detach().cpu().double()
+    close(out, ref_out, rtol=1e-5, atol=1e-5)
+    close(grads_with[0], torch.einsum("bkd,bd->bk", W16_64[idx.cpu()], weights.cpu().double()), rtol=1e-5, atol=1e-5)
+    close(grads_with[1], W_dec.grad, rtol=0, atol=0)
+    close(grads_with[2], b_dec.grad, rtol=0, atol=0)
+
+
 def test_batchtopk_total_count(device, gen, monkeypatch):
     monkeypatch.setenv("SAE_KERNELS", "triton")
     x, W_enc, b_enc, *_ = _params(gen, device)
