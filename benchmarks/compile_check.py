@@ -165,6 +165,8 @@ def op_calls(d_in: int, d_sae: int, k: int, batch: int) -> list[tuple[str, Calla
         ("sparse_decode bf16 copy", lambda: ops.sparse_decode(e(batch, k, dtype=torch.bfloat16), idx,
                                                               W_dec16, torch.float32)),
         ("sparse_decode_grad_vals bf16 copy", lambda: ops.sparse_decode_grad_vals(e(batch, d_in), idx, W_dec16)),
+        ("sparse_decode_grad_vals zeros inactive", lambda: ops.sparse_decode_grad_vals(
+            e(batch, d_in), idx, W_dec16, e(batch, k, dtype=torch.bfloat16))),
         ("sparse_outer bf16 vals", lambda: ops.sparse_outer(idx, e(batch, k, dtype=torch.bfloat16),
                                                             e(batch, d_in), d_sae)),
         ("sparse_outer fp32", lambda: ops.sparse_outer(idx, e(batch, k), e(batch, d_in), d_sae)),

@@ -61,15 +61,18 @@ def _decode_kernel(
 
 @triton.jit
 def _grad_vals_kernel(
-    g_ptr, idx_ptr, w_ptr, out_ptr,
-    n_rows, K, D, stride_gb, stride_ib, stride_wf, stride_ob,
-    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    g_ptr, idx_ptr, w_ptr, out_ptr, vals_ptr,
+    n_rows, K, D, stride_gb, stride_ib, stride_wf, stride_ob, stride_vb,
+    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SKIP_ZERO: tl.constexpr,
 ):
-    """out[rows, k-block] = <grad_out[b], W[idx[b, j]]>, walking D in BLOCK_D steps."""
+    """out[rows, k-block] = <grad_out[b], W[idx[b, j]]>, walking D in BLOCK_D steps; with
+    SKIP_ZERO, 0 (and no row read) where vals[b, j] == 0."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     ok = (rows < n_rows)[:, None] & (ks < K)[None, :]
     i = tl.load(idx_ptr + rows[:, None] * stride_ib + ks[None, :], mask=ok, other=0).to(tl.int64)
+    if SKIP_ZERO:
+        ok = ok & (tl.load(vals_ptr + rows[:, None] * stride_vb + ks[None, :], mask=ok, other=0.0) != 0)
     acc = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -83,7 +86,8 @@ def _grad_vals_kernel(
             mask=ok[:, :, None] & col_ok[None, None, :], other=0.0,
         ).to(tl.float32)
         acc += tl.sum(w * g[:, None, :], 2)
-    tl.store(out_ptr + rows[:, None] * stride_ob + ks[None, :], acc.to(out_ptr.dtype.element_ty), mask=ok)
+    out_ok = (rows < n_rows)[:, None] & (ks < K)[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_ob + ks[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_ok)
 
 
 @triton.jit
@@ -217,8 +221,10 @@ def decode(
     return out_BD
 
 
-def grad_vals(grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_FD: torch.Tensor) -> torch.Tensor:
-    """g[b, j] = <grad_out[b], W[idx[b, j]]>  ->  [B, K] in grad_out's dtype."""
+def grad_vals(grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_FD: torch.Tensor,
+              vals_BK: torch.Tensor | None = None) -> torch.Tensor:
+    """g[b, j] = <grad_out[b], W[idx[b, j]]>  ->  [B, K] in grad_out's dtype; 0 where
+    vals_BK[b, j] == 0 when `vals_BK` is given (inactive entries: no row is read)."""
     n_rows, k = idx_BK.shape
     d = W_FD.shape[1]
     out_BK = torch.empty(n_rows, k, dtype=grad_out_BD.dtype, device=grad_out_BD.device)
@@ -228,10 +234,11 @@ def grad_vals(grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_FD: torch.Tenso
     block_k = _pow2_at_most(k, 64, floor=1)
     block_d = _pow2_at_most(d, 128)
     rows = _rows_per_program(n_rows, block_k * block_d)
+    vals = idx_BK if vals_BK is None else vals_BK.contiguous()
     _grad_vals_kernel[(triton.cdiv(n_rows, rows), triton.cdiv(k, block_k))](
-        grad_out_BD, idx_BK, W_FD, out_BK, n_rows, k, d, grad_out_BD.stride(0), idx_BK.stride(0),
-        W_FD.stride(0), out_BK.stride(0),
-        ROWS=rows, BLOCK_K=block_k, BLOCK_D=block_d,
+        grad_out_BD, idx_BK, W_FD, out_BK, vals, n_rows, k, d, grad_out_BD.stride(0), idx_BK.stride(0),
+        W_FD.stride(0), out_BK.stride(0), vals.stride(0),
+        ROWS=rows, BLOCK_K=block_k, BLOCK_D=block_d, SKIP_ZERO=vals_BK is not None,
     )
     return out_BK
 

@@ -86,11 +86,11 @@ def _pre_act_grad(
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals_BK, idx_BK, W_dec_FD, b_dec_D, W_gather_FD):
+    def forward(ctx, vals_BK, idx_BK, W_dec_FD, b_dec_D, W_gather_FD, zero_is_inactive):
         W_src = W_dec_FD if W_gather_FD is None else W_gather_FD
         ops = ops_for(W_src)
         ctx.save_for_backward(vals_BK, idx_BK, W_src)
-        ctx.n_latents = W_dec_FD.shape[0]
+        ctx.n_latents, ctx.zero_is_inactive = W_dec_FD.shape[0], zero_is_inactive
         return ops.sparse_decode(vals_BK, idx_BK, W_src, W_dec_FD.dtype) + b_dec_D
 
     @staticmethod
@@ -100,12 +100,13 @@ class _SparseDecode(torch.autograd.Function):
         grad_out_BD = grad_out_BD.contiguous()
         grad_vals = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_vals = ops.sparse_decode_grad_vals(grad_out_BD, idx_BK, W_src)
+            grad_vals = ops.sparse_decode_grad_vals(grad_out_BD, idx_BK, W_src,
+                                                    vals_BK if ctx.zero_is_inactive else None)
         if ctx.needs_input_grad[2]:
             grad_W = ops.sparse_outer(idx_BK, vals_BK, grad_out_BD, ctx.n_latents)
         if ctx.needs_input_grad[3]:
             grad_b = grad_out_BD.sum(0)
-        return grad_vals, None, grad_W, grad_b, None
+        return grad_vals, None, grad_W, grad_b, None, None
 
 
 def topk_encode(
@@ -140,6 +141,7 @@ def topk_encode(
 def sparse_decode(
     vals_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor,
     W_gather_FD: torch.Tensor | None = None,
+    zero_is_inactive: bool = False,
 ) -> torch.Tensor:
     """out[b] = sum_j vals[b, j] * W_dec[idx[b, j]] + b_dec, in W_dec's dtype. Differentiable
     w.r.t. vals, W_dec, b_dec.
@@ -147,5 +149,8 @@ def sparse_decode(
     `W_gather_FD`, a lower-precision copy of W_dec (e.g. bf16 under fp32 master weights), is
     where the rows are read from, in the forward and for the values' gradient: half the bytes of
     the step's two largest gathers. Accumulation and W_dec's own gradient are unaffected.
+    `zero_is_inactive`: values of exactly 0 are inactive (ReLU outputs such as `topk_encode`'s,
+    padding), so their value gradient is returned as 0 without reading their rows. With AuxK's
+    [B, k_aux] selections, mostly zeros, this skips most of the backward's reads.
     """
-    return _SparseDecode.apply(vals_BK, idx_BK, W_dec_FD, b_dec_D, W_gather_FD)
+    return _SparseDecode.apply(vals_BK, idx_BK, W_dec_FD, b_dec_D, W_gather_FD, zero_is_inactive)

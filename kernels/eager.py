@@ -65,15 +65,17 @@ def sparse_decode(
 
 
 def sparse_decode_grad_vals(
-    grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor
+    grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, vals_BK: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """grad_vals[b, j] = <grad_out[b], W_dec[idx[b, j]]>  ->  [B, K]."""
+    """grad_vals[b, j] = <grad_out[b], W_dec[idx[b, j]]>  ->  [B, K]; 0 where vals_BK[b, j] == 0
+    when `vals_BK` is given (inactive entries, whose gradient a ReLU would drop anyway)."""
     if grad_out_BD.device.type == "cpu" and grad_out_BD.dtype == W_dec_FD.dtype:
         pattern = _row_csr(idx_BK, torch.zeros(idx_BK.numel(), dtype=grad_out_BD.dtype), W_dec_FD.shape[0])
         sampled = torch.sparse.sampled_addmm(pattern, grad_out_BD, W_dec_FD.t(), beta=0.0)
-        return sampled.values().view(idx_BK.shape)
-    rows_BKD = W_dec_FD[idx_BK]
-    return torch.einsum("bkd,bd->bk", rows_BKD.to(grad_out_BD.dtype), grad_out_BD)
+        grad_BK = sampled.values().view(idx_BK.shape)
+    else:
+        grad_BK = torch.einsum("bkd,bd->bk", W_dec_FD[idx_BK].to(grad_out_BD.dtype), grad_out_BD)
+    return grad_BK if vals_BK is None else grad_BK.masked_fill(vals_BK == 0, 0.0)
 
 
 def sparse_outer(

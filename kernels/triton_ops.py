@@ -74,10 +74,11 @@ def sparse_decode(
 
 
 def sparse_decode_grad_vals(
-    grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor
+    grad_out_BD: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, vals_BK: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """grad_vals[b, j] = <grad_out[b], W_dec[idx[b, j]]>  ->  [B, K] in grad_out's dtype."""
-    return sparse.grad_vals(grad_out_BD, idx_BK, W_dec_FD)
+    """grad_vals[b, j] = <grad_out[b], W_dec[idx[b, j]]>  ->  [B, K] in grad_out's dtype; 0 (no
+    row read) where vals_BK[b, j] == 0 when `vals_BK` is given."""
+    return sparse.grad_vals(grad_out_BD, idx_BK, W_dec_FD, vals_BK)
 
 
 def sparse_outer(

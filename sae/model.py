@@ -175,7 +175,8 @@ class SparseAutoencoder(nn.Module):
             # Under a bf16 encoder the decodes read their rows from one bf16 copy per step (fp32
             # accumulation, fp32 W_dec gradient): half the bytes of the step's largest gathers.
             W_gather = None if enc_dtype == self.W_dec.dtype else self.W_dec.detach().to(enc_dtype)
-            recon_BD = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec, W_gather)
+            recon_BD = sae_kernels.sparse_decode(code.vals_BK, code.idx_BK, self.W_dec, self.b_dec, W_gather,
+                                                 zero_is_inactive=True)
             l0_B = (code.vals_BK > 0).sum(-1)
             return ForwardOutput(recon_BD / self.input_scale, code.vals_BK, code.idx_BK, None,
                                  code.aux_vals_BK, code.aux_idx_BK, None, l0_B, W_gather)

@@ -63,7 +63,9 @@ def auxk_loss(sae: SparseAutoencoder, neg_residual_BD: torch.Tensor, aux_vals_BK
     read from `W_gather_FD` when given (see `sae_kernels.sparse_decode`)."""
     residual_BD = -neg_residual_BD
     zero_D = torch.zeros_like(sae.b_dec)
-    aux_recon_BD = sae_kernels.sparse_decode(aux_vals_BK, aux_idx_BK, sae.W_dec, zero_D, W_gather_FD)
+    # AuxK values are ReLU outputs, mostly 0 while few latents are dead: skip their rows.
+    aux_recon_BD = sae_kernels.sparse_decode(aux_vals_BK, aux_idx_BK, sae.W_dec, zero_D, W_gather_FD,
+                                             zero_is_inactive=True)
     num = (aux_recon_BD - residual_BD).pow(2).sum()
     den = (residual_BD - residual_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
     return num / den

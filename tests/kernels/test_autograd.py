@@ -54,21 +54,24 @@ def _dense_reference(leaves, code, centre=False):
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])
-@pytest.mark.parametrize("mode", ["topk", "topk+aux", "batchtopk+aux", "topk+aux centred"])
+@pytest.mark.parametrize("mode", ["topk", "topk+aux", "batchtopk+aux", "topk+aux centred",
+                                  "batchtopk+aux zeros-inactive"])
 def test_grads_match_dense_reference(device, gen, monkeypatch, backend, mode):
     monkeypatch.setenv("SAE_KERNELS", backend)
     x, W_enc, b_enc, W_dec, b_dec, dead = _params(gen, device)
     assert backend_name(x) == backend
     with_aux = "aux" in mode
     centre = mode.endswith("centred")
+    inactive = mode.endswith("zeros-inactive")  # exact here: the values come out of a ReLU
     code = topk_encode(
         x, W_enc, b_enc, K, dead if with_aux else None, K_AUX if with_aux else 0,
         per_batch=mode.startswith("batch"), b_dec_D=b_dec if centre else None,
     )
-    recon = sparse_decode(code.vals_BK, code.idx_BK, W_dec, b_dec)
+    recon = sparse_decode(code.vals_BK, code.idx_BK, W_dec, b_dec, zero_is_inactive=inactive)
     aux_recon = None
     if with_aux:
-        aux_recon = sparse_decode(code.aux_vals_BK, code.aux_idx_BK, W_dec, torch.zeros_like(b_dec))
+        aux_recon = sparse_decode(code.aux_vals_BK, code.aux_idx_BK, W_dec, torch.zeros_like(b_dec),
+                                  zero_is_inactive=inactive)
         assert bool(dead.cpu()[code.aux_idx_BK.cpu()[code.aux_vals_BK.cpu() > 0]].all())
     loss = _loss(x, recon, aux_recon)
     loss.backward()

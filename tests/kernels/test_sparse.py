@@ -152,3 +152,22 @@ def test_gpu_sizes(gen):
     eager_W, eager_b = eager.sparse_encoder_grad(x, vals, idx, d_sae)
     close(grad_W, eager_W, rtol=1e-2, atol=1e-2)
     close(grad_b, eager_b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_value_grad_of_inactive_entries_is_zero(device, gen, backend):
+    """With `vals_BK`, entries whose value is 0 get gradient 0 (their rows are not read); the
+    others are exact."""
+    from sae_kernels import eager, triton_ops
+
+    if backend == "eager" and device == "cuda":
+        pytest.skip("the eager twin is checked on the CPU")
+    ops = eager if backend == "eager" else triton_ops
+    n_rows, k, d_sae, d_in = 9, 6, 40, 13
+    vals, idx = _code(gen, n_rows, k, d_sae)
+    vals[vals < 0.5] = 0.0
+    W = torch.randn(d_sae, d_in, generator=gen)
+    g = torch.randn(n_rows, d_in, generator=gen)
+    got = ops.sparse_decode_grad_vals(g.to(device), idx.to(device), W.to(device), vals.to(device))
+    full = torch.einsum("bkd,bd->bk", W.double()[idx], g.double())
+    close(got, torch.where(vals > 0, full, 0.0))
