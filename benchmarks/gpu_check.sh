@@ -4,7 +4,8 @@
 # 2. install the wheels carried in .whl/ (benchmarks/gpu_wheels.sh) if any; make `import
 #    sae_kernels` work: the installed package, else a symlink on PYTHONPATH (no pip, no
 #    network), else `pip install --no-deps -e .` as the last resort;
-# 3. run the GPU-marked kernel tests with compiled kernels (TRITON_INTERPRET=0);
+# 3. run the GPU-marked kernel tests with compiled kernels (TRITON_INTERPRET=0), then the
+#    harvest's CUDA test;
 # 4. run benchmarks/train_step_gpu.py (main configs, the toolkit's own trainer step, the selection's
 #    chunk/warps grid, d_sae and k sweeps; --quick with QUICK=1);
 # 5. run benchmarks/harvest_gpu.py (the activation-harvest target of the activations issue).
@@ -53,6 +54,11 @@ say "pytest -m gpu tests/kernels"
 if "$PY" -c "import pytest" 2>/dev/null; then
     # --confcutdir keeps conftest files above tests/kernels (and their imports) out of this run.
     run timeout 240 "$PY" -m pytest -m gpu tests/kernels -q --confcutdir=tests/kernels -p no:cacheprovider \
+        || status=1
+    # The harvest's CUDA path (side-stream copies to page-locked memory) against the CPU's, on
+    # the tiny test model: this one needs the root conftest's fixtures, so it runs on its own.
+    say "pytest -m gpu tests/activations/test_harvest_cuda.py"
+    run timeout 120 "$PY" -m pytest -m gpu tests/activations/test_harvest_cuda.py -q -p no:cacheprovider \
         || status=1
 else
     say "pytest is not installed: tests skipped"

@@ -23,6 +23,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -200,8 +201,49 @@ class Harvester:
     def iter_rows(self, tokens_NT: torch.Tensor, keep_NT: torch.Tensor, batch: int,
                   dtype: torch.dtype | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """For each batch of blocks, the kept rows [n, D] of every hook (on the CPU); per-head
-        activations are flattened to D = H * d_head."""
+        activations are flattened to D = H * d_head.
+
+        Kept positions are found on the host, so picking rows never syncs a GPU. On a GPU each
+        batch's rows are copied to page-locked memory on a side stream while the next batch's
+        forward runs; a batch is yielded once its copy has landed.
+        """
+        keep_NT = keep_NT.cpu()
+        copy_stream = torch.cuda.Stream() if self.model.device.type == "cuda" else None
+        pending: tuple[dict[str, torch.Tensor], Any] | None = None
         for start in range(0, tokens_NT.shape[0], batch):
             acts = self.run(tokens_NT[start:start + batch])
-            keep = keep_NT[start:start + batch].to(next(iter(acts.values())).device)
-            yield {h: a[keep].flatten(1).to(dtype or a.dtype).cpu() for h, a in acts.items()}
+            sel = keep_NT[start:start + batch].reshape(-1).nonzero().squeeze(1)
+            rows = {h: _pick_rows(a, sel, dtype) for h, a in acts.items()}
+            if copy_stream is None:
+                yield rows
+                continue
+            copied = _copy_to_host(rows, copy_stream)
+            if pending is not None:
+                pending[1].synchronize()
+                yield pending[0]
+            pending = copied
+        if pending is not None:
+            pending[1].synchronize()
+            yield pending[0]
+
+
+def _pick_rows(acts_NT: torch.Tensor, sel: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Rows `sel` (flat block x position indices, on the host) of [N, T, ...] activations, as
+    [n, D] in `dtype`; index_select with host-made indices needs no sync, a boolean mask would."""
+    flat = acts_NT.reshape(acts_NT.shape[0] * acts_NT.shape[1], -1)
+    return flat.index_select(0, sel.to(flat.device, non_blocking=True)).to(dtype or acts_NT.dtype)
+
+
+def _copy_to_host(rows: dict[str, torch.Tensor], stream: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Queue copies of GPU `rows` into fresh page-locked host tensors on `stream`, after the work
+    that made them; returns the host tensors and the event that marks the copies done."""
+    ready = torch.cuda.current_stream().record_event()
+    host: dict[str, torch.Tensor] = {}
+    with torch.cuda.stream(stream):
+        stream.wait_event(ready)
+        for h, r in rows.items():
+            host[h] = torch.empty(r.shape, dtype=r.dtype, pin_memory=True)
+            host[h].copy_(r, non_blocking=True)
+            r.record_stream(stream)  # keep the allocator from reusing r before the copy
+        done = stream.record_event()
+    return host, done

@@ -20,4 +20,4 @@ def test_harvest_gpu_smoke_runs_every_path(tmp_path: Path) -> None:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["fast_equals_bridge_bf16"] is True
     assert report["tokens"] == 64
-    assert len(report["rows"]) == 3 and all(r["ms"] > 0 for r in report["rows"])
+    assert len(report["rows"]) == 4 and all(r["ms"] > 0 for r in report["rows"])

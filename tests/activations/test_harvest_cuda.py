@@ -1,0 +1,29 @@
+"""On a GPU, `Harvester.iter_rows` (host-made row indices, copies to page-locked memory on a side
+stream, one batch behind the forward) yields the same rows, in the same order, as on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae.activations import Harvester
+from sae.lm import load_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_pre"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "bridge"])
+def test_iter_rows_on_cuda_equals_cpu(tiny_model_dir, fast):
+    tokens_NT = torch.randint(3, 500, (7, 24), generator=torch.Generator().manual_seed(0))
+    keep_NT = torch.rand(7, 24, generator=torch.Generator().manual_seed(1)) > 0.3
+    parts = {}
+    for device in ("cpu", "cuda"):
+        harvester = Harvester(load_model(str(tiny_model_dir), device=device), HOOKS, fast=fast)
+        parts[device] = list(harvester.iter_rows(tokens_NT, keep_NT, batch=3))
+    assert len(parts["cuda"]) == len(parts["cpu"]) == 3
+    for on_gpu, on_cpu in zip(parts["cuda"], parts["cpu"], strict=True):
+        for hook in HOOKS:
+            assert on_gpu[hook].device.type == "cpu" and on_gpu[hook].is_pinned()
+            torch.testing.assert_close(on_gpu[hook], on_cpu[hook], rtol=1e-4, atol=1e-4)
