@@ -126,12 +126,12 @@ def browser(tmp_path):
 def test_dashboard_in_headless_chromium(browser, tiny_model, tiny_corpus, tmp_path):
     data, labels, result = build_tiny_dashboard(tiny_model, tiny_corpus, tmp_path)
     browser.open(result.index.as_uri())
-    assert browser.js("document.querySelectorAll('#latent-table tbody tr').length") == D_SAE
+    assert browser.js("document.querySelectorAll('#latent-table tbody tr[data-id]').length") == D_SAE
     assert browser.js("document.querySelectorAll('#scatter .point').length") > D_SAE // 2
     browser.screenshot(ARTIFACTS / "features_overview.png")
 
     # Search narrows the table to the rows that mention the query.
-    visible = "[...document.querySelectorAll('#latent-table tbody tr')].filter(r => r.style.display !== 'none')"
+    visible = "[...document.querySelectorAll('#latent-table tbody tr[data-id]')]"
     browser.js("const s = document.getElementById('search'); s.value = 'quotes and';"
                "s.dispatchEvent(new Event('input'))")
     assert browser.js(f"{visible}.map(r => r.dataset.id)") == ["2"]
@@ -141,7 +141,7 @@ def test_dashboard_in_headless_chromium(browser, tiny_model, tiny_corpus, tmp_pa
     # Sorting by density puts the densest latent first.
     browser.js("document.querySelector('th[data-key=freq]').click()")
     densest = int(data.latents_F[int(data.count_F.argmax())])
-    assert browser.js("document.querySelector('#latent-table tbody tr').dataset.id") == str(densest)
+    assert browser.js("document.querySelector('#latent-table tbody tr[data-id]').dataset.id") == str(densest)
 
     # Clicking a row loads latents/<id>.js and renders the view.
     browser.js("document.querySelector('#latent-table tbody tr[data-id=\"1\"]').click()")
@@ -164,3 +164,50 @@ def test_dashboard_in_headless_chromium(browser, tiny_model, tiny_corpus, tmp_pa
     assert browser.js("document.querySelectorAll('img').length") == 0
     assert browser.js("document.querySelectorAll('script:not([src])').length") == 3  # plotly, data, app
     assert not browser.errors, browser.errors
+
+
+def test_table_of_60k_latents_renders_only_a_window(browser, tmp_path):
+    """A dictionary of 60,000 latents: the table keeps about a window of rows in the page, and
+    scrolling, search and sorting still reach every latent."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sae.dashboard.features import render_index
+
+    n = 60_000
+    gen = torch.Generator().manual_seed(0)
+    count_F = torch.randint(0, 5000, (n,), generator=gen)
+    data = SimpleNamespace(meta={"model": "synthetic", "hook": "blocks.0.hook_resid_post", "d_sae": n},
+                           count_F=count_F, freq_F=count_F / 1e6, latents_F=torch.arange(n), n_tokens=1_000_000)
+    rows = [[i, "", float(count_F[i]) / 1e6, 1.0 + i % 7, 2.0 + i % 5, int(count_F[i]), [f"tok{i}", "the"],
+             [f"logit{i}"]] for i in range(n)]
+    index = tmp_path / "index.html"
+    index.write_text(render_index(data, rows, "60k latents"), encoding="utf-8")
+    t0 = time.perf_counter()
+    browser.open(index.as_uri())
+    print(f"60k-latent table interactive after {time.perf_counter() - t0:.2f} s")
+    in_page = "document.querySelectorAll('#latent-table tbody tr[data-id]')"
+    assert browser.js(f"{in_page}.length") < 200
+    assert browser.js("document.getElementById('count').textContent") == f"{n} of {n} latents"
+    assert browser.js(f"{in_page}[0].dataset.id") == "0"
+
+    # Scrolling to the bottom brings the last latents into the page.
+    browser.js("const w = document.querySelector('.table-wrap'); w.scrollTop = w.scrollHeight")
+    browser.wait_for(f"[...{in_page}].some(r => r.dataset.id === '{n - 1}')")
+    assert browser.js(f"{in_page}.length") < 200
+
+    # Search reaches a latent far down the list; clearing it restores all.
+    browser.js("const s = document.getElementById('search'); s.value = 'tok54321';"
+               "s.dispatchEvent(new Event('input'))")
+    assert browser.js(f"[...{in_page}].map(r => r.dataset.id)") == ["54321"]
+    browser.js("const t = document.getElementById('search'); t.value = ''; t.dispatchEvent(new Event('input'))")
+    assert browser.js("document.getElementById('count').textContent") == f"{n} of {n} latents"
+
+    # Sorting by density puts the densest latent (lowest id among ties) first.
+    browser.js("document.querySelector('th[data-key=freq]').click()")
+    top = int(count_F.max())
+    densest = int((count_F == top).nonzero()[0])
+    assert browser.js(f"{in_page}[0].dataset.id") == str(densest)
+    assert not browser.errors, browser.errors
+

@@ -61,57 +61,81 @@
     div.on("plotly_click", function (ev) { if (ev.points.length) open(ev.points[0].customdata); });
   }
 
-  var tbody, sortKey = "id", sortDesc = false, haystack = {};
-  function buildTable() {
-    tbody = document.querySelector("#latent-table tbody");
-    var frag = document.createDocumentFragment();
-    rows.forEach(function (r) {
-      var tr = el("tr", { "data-id": String(r[C.id]) },
+  /* The table renders only the rows near the scrolled-to window (plus spacers of the right
+     height), so 100k latents open as fast as 100: rows are built on first sight and kept. */
+  var ROW_H = 30, MARGIN = 30;
+  var tbody, wrap, sortKey = "id", sortDesc = false, haystack = {}, order = rows, view = rows, pending = false;
+  function rowOf(r) {
+    if (!r.tr) {
+      r.tr = el("tr", { "data-id": String(r[C.id]) },
         el("td", { cls: "num", text: String(r[C.id]) }),
-        el("td", { cls: "label", text: r[C.label] || "" }),
+        el("td", { cls: "label", text: r[C.label] || "", title: r[C.label] || "" }),
         el("td", { cls: "num", text: pct(r[C.freq]) }),
         el("td", { cls: "num", text: fmt(r[C.mean]) }),
         el("td", { cls: "num", text: fmt(r[C.max]) }),
-        el("td", null, chips(r[C.top_tokens])),
-        el("td", null, chips(r[C.top_logits])));
-      tr.addEventListener("click", function () { open(r[C.id]); });
-      r.tr = tr;
+        el("td", { cls: "chips" }, chips(r[C.top_tokens])),
+        el("td", { cls: "chips" }, chips(r[C.top_logits])));
+      r.tr.addEventListener("click", function () { open(r[C.id]); });
+    }
+    return r.tr;
+  }
+  function spacer(n) {
+    var tr = el("tr", { cls: "spacer" });
+    tr.style.height = (n * ROW_H) + "px";
+    return tr;
+  }
+  function drawRows() {
+    pending = false;
+    var height = wrap.clientHeight || window.innerHeight;
+    var start = Math.max(0, Math.floor(wrap.scrollTop / ROW_H) - MARGIN);
+    var end = Math.min(view.length, start + Math.ceil(height / ROW_H) + 2 * MARGIN);
+    var frag = document.createDocumentFragment();
+    if (start > 0) frag.appendChild(spacer(start));
+    for (var i = start; i < end; i++) frag.appendChild(rowOf(view[i]));
+    if (end < view.length) frag.appendChild(spacer(view.length - end));
+    tbody.textContent = "";
+    tbody.appendChild(frag);
+  }
+  function redraw() {
+    if (!pending) { pending = true; window.requestAnimationFrame(drawRows); }
+  }
+  function buildTable() {
+    tbody = document.querySelector("#latent-table tbody");
+    wrap = document.querySelector(".table-wrap");
+    rows.forEach(function (r) {
       haystack[r[C.id]] = [String(r[C.id]), r[C.label] || ""].concat(r[C.top_tokens], r[C.top_logits])
         .join("\u0000").toLowerCase();
-      frag.appendChild(tr);
     });
-    tbody.appendChild(frag);
     document.querySelectorAll("#latent-table thead th").forEach(function (th) {
       th.addEventListener("click", function () { sortBy(th.getAttribute("data-key")); });
     });
     document.getElementById("search").addEventListener("input", filter);
+    wrap.addEventListener("scroll", redraw);
+    window.addEventListener("resize", redraw);
     filter();
   }
   function sortBy(key) {
     sortDesc = key === sortKey ? !sortDesc : key !== "id" && key !== "label";
     sortKey = key;
     var i = C[key], sign = sortDesc ? -1 : 1;
-    var sorted = rows.slice().sort(function (a, b) {
+    order = rows.slice().sort(function (a, b) {
       var x = a[i], y = b[i];
       if (key === "label") { x = x || "\uffff"; y = y || "\uffff"; }
-      return (x < y ? -1 : x > y ? 1 : a[C.id] - b[C.id]) * sign;
+      var c = x < y ? -1 : x > y ? 1 : 0;
+      return c ? c * sign : a[C.id] - b[C.id];  // ties: lowest id first, either direction
     });
-    var frag = document.createDocumentFragment();
-    sorted.forEach(function (r) { frag.appendChild(r.tr); });
-    tbody.appendChild(frag);
     document.querySelectorAll("#latent-table thead th").forEach(function (th) {
       var arrow = th.querySelector(".arrow");
       arrow.textContent = th.getAttribute("data-key") === key ? (sortDesc ? "\u25bc" : "\u25b2") : "";
     });
+    filter();
   }
   function filter() {
-    var q = document.getElementById("search").value.trim().toLowerCase(), shown = 0;
-    rows.forEach(function (r) {
-      var hit = !q || haystack[r[C.id]].indexOf(q) >= 0;
-      r.tr.style.display = hit ? "" : "none";
-      if (hit) shown++;
-    });
-    document.getElementById("count").textContent = shown + " of " + rows.length + " latents";
+    var q = document.getElementById("search").value.trim().toLowerCase();
+    view = q ? order.filter(function (r) { return haystack[r[C.id]].indexOf(q) >= 0; }) : order;
+    document.getElementById("count").textContent = view.length + " of " + rows.length + " latents";
+    wrap.scrollTop = 0;
+    drawRows();
   }
 
   /* ---------- latent view ---------- */
