@@ -6,6 +6,7 @@ runs/behaviour/<set>/index.html (the behaviour page), and prints a summary table
 below keep it to a few minutes on 2 CPU cores; raise them on a GPU.
 
     .venv/bin/python examples/behaviour_smollm2.py --sae runs/mid/train/saes/blocks.15.hook_resid_post
+    .venv/bin/python examples/behaviour_smollm2.py --sets refusal --refusal-dir PATH/TO/refusal/splits
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from sae.analysis.behaviour import BehaviourConfig, read_jsonl, run_behaviour
 from sae.analysis.behaviour.causal import CausalConfig
+from sae.analysis.behaviour.datasets import from_refusal
 from sae.analysis.behaviour.metrics import MetricConfig
 from sae.analysis.labels import LabelConfig
 from sae.dashboard.behaviour import write_behaviour_page
@@ -32,6 +34,9 @@ SETS = {
     "deception": dict(file="deception_roleplaying.jsonl", n_items=80, n_attr=24, n_select=12, n_causal=16),
     # statements carry no model metric: ranking and probes only (--sets truth)
     "truth": dict(file="truth_facts.jsonl", n_items=400, n_attr=None, n_select=None, n_causal=None),
+    # harmful vs harmless instructions (Arditi et al. 2024 splits), not bundled (the harmless ones
+    # are CC BY-NC): --sets refusal --refusal-dir DIR with harmful_train.json, harmless_train.json
+    "refusal": dict(file=None, n_items=160, n_attr=48, n_select=16, n_causal=24),
 }
 
 
@@ -70,6 +75,16 @@ def summary_rows(name: str, rep: dict) -> list[str]:
     return rows
 
 
+def load_set(name: str, spec: dict, refusal_dir: str | None):
+    """A bundled set from data/behaviour, or the refusal instruction lists from `refusal_dir`."""
+    if name != "refusal":
+        return read_jsonl(REPO / "data/behaviour" / spec["file"], name)
+    if not refusal_dir:
+        raise SystemExit("--sets refusal needs --refusal-dir DIR holding harmful_train.json and harmless_train.json "
+                         "(github.com/andyrdt/refusal_direction, dataset/splits).")
+    return from_refusal(Path(refusal_dir) / "harmful_train.json", Path(refusal_dir) / "harmless_train.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sae", default=str(REPO / "runs/mid/train/saes/blocks.15.hook_resid_post"))
@@ -77,6 +92,8 @@ def main() -> None:
     parser.add_argument("--sets", default="sycophancy,deception")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every item count (e.g. 0.1 for a smoke run)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--refusal-dir", default=None,
+                        help="folder with harmful_train.json and harmless_train.json (for --sets refusal)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest on shared cores (OpenMP spin-waiting)")
     args = parser.parse_args()
@@ -90,7 +107,7 @@ def main() -> None:
     for name in args.sets.split(","):
         spec = {k: (max(2, round(v * args.scale)) if k.startswith("n_") and v else v) for k, v in SETS[name].items()}
         t0 = time.perf_counter()
-        data = read_jsonl(REPO / "data/behaviour" / spec["file"], name)
+        data = load_set(name, spec, args.refusal_dir)
         rep = run_behaviour(model, sae, data, config(spec, hook, args.batch))
         full = rep.to_dict(per_latent=True)
         full["meta"] |= {"sae": str(args.sae), "wall_s": round(time.perf_counter() - t0, 1), "spec": spec}
