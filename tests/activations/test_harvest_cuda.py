@@ -27,3 +27,17 @@ def test_iter_rows_on_cuda_equals_cpu(tiny_model_dir, fast):
         for hook in HOOKS:
             assert on_gpu[hook].device.type == "cpu" and on_gpu[hook].is_pinned()
             torch.testing.assert_close(on_gpu[hook], on_cpu[hook], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_batches_in_pinned_memory(tmp_path):
+    """Training on a GPU reads batches gathered into page-locked memory (asynchronous copies),
+    with the same rows as unpinned ones."""
+    from sae.activations import open_cache
+    from tests._synthetic import sparse_data, write_cache
+
+    cache = open_cache(write_cache(tmp_path / "c", {"blocks.0.hook_resid_post": sparse_data(1024, 8, seed=0)}))
+    plain = list(cache.batches(256, seed=3))
+    pinned = list(cache.batches(256, seed=3, pin_memory=True))
+    assert len(pinned) == len(plain) == 4
+    for a, b in zip(pinned, plain, strict=True):
+        assert a.is_pinned() and torch.equal(a, b)
