@@ -199,16 +199,17 @@ class Harvester:
         return {h: out[h] for h in self.hooks}
 
     def iter_rows(self, tokens_NT: torch.Tensor, keep_NT: torch.Tensor, batch: int,
-                  dtype: torch.dtype | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """For each batch of blocks, the kept rows [n, D] of every hook (on the CPU); per-head
-        activations are flattened to D = H * d_head.
+                  dtype: torch.dtype | None = None, to_host: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+        """For each batch of blocks, the kept rows [n, D] of every hook, on the CPU (or, without
+        `to_host`, where the model runs); per-head activations are flattened to D = H * d_head.
 
         Kept positions are found on the host, so picking rows never syncs a GPU. On a GPU each
         batch's rows are copied to page-locked memory on a side stream while the next batch's
         forward runs; a batch is yielded once its copy has landed.
         """
         keep_NT = keep_NT.cpu()
-        copy_stream = torch.cuda.Stream() if self.model.device.type == "cuda" else None
+        on_gpu = self.model.device.type == "cuda"
+        copy_stream = torch.cuda.Stream() if on_gpu and to_host else None
         pending: tuple[dict[str, torch.Tensor], Any] | None = None
         for start in range(0, tokens_NT.shape[0], batch):
             acts = self.run(tokens_NT[start:start + batch])

@@ -103,10 +103,10 @@ class StreamSource:
                 raise ValueError(f"{self.cfg.source} holds no text beyond the held-out chunks; "
                                  f"lower data.holdout_frac or use more text.")
 
-    def _harvest(self, blocks: TokenBlocks) -> dict[str, torch.Tensor]:
+    def _harvest(self, blocks: TokenBlocks, to_host: bool = True) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
         for rows in self.harvester.iter_rows(blocks.tokens_NT, blocks.keep_NT, self.cfg.harvest_batch,
-                                             torch.float32):
+                                             torch.float32, to_host=to_host):
             for h, r in rows.items():
                 parts[h].append(r)
         return {h: torch.cat(p) for h, p in parts.items()}
@@ -117,7 +117,8 @@ class StreamSource:
             if skip >= n_batches:
                 skip -= n_batches
                 continue
-            rows = self._harvest(chunk)
+            # Training rows stay where the model ran: on a GPU, no round trip through the host.
+            rows = self._harvest(chunk, to_host=False)
             gen = torch.Generator().manual_seed(self.seed + c)
             perm = torch.randperm(chunk.n_rows, generator=gen)
             for b in range(skip, n_batches):

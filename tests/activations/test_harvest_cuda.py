@@ -41,3 +41,20 @@ def test_cache_batches_in_pinned_memory(tmp_path):
     assert len(pinned) == len(plain) == 4
     for a, b in zip(pinned, plain, strict=True):
         assert a.is_pinned() and torch.equal(a, b)
+
+
+def test_stream_source_keeps_training_rows_on_the_gpu(tiny_model_dir, tiny_corpus):
+    """Training from a stream on a GPU: batches stay on the device (no host round trip) and hold
+    the rows the CPU model gives, in the same order."""
+    from sae.config import DataConfig
+    from sae.train.source import StreamSource
+
+    cfg = DataConfig(model=str(tiny_model_dir), source=str(tiny_corpus), context=32, harvest_batch=8,
+                     hooks=["blocks.0.hook_resid_post"], holdout_frac=0.0)
+    firsts = {}
+    for device in ("cpu", "cuda"):
+        src = StreamSource(cfg, ["blocks.0.hook_resid_post"], 64, seed=0, n_rows=4096,
+                           model=load_model(str(tiny_model_dir), device=device), chunk_blocks=8)
+        firsts[device] = next(iter(src.batches()))["blocks.0.hook_resid_post"]
+    assert firsts["cuda"].device.type == "cuda"
+    torch.testing.assert_close(firsts["cuda"].cpu(), firsts["cpu"], rtol=1e-4, atol=1e-4)

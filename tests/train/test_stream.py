@@ -28,9 +28,9 @@ def test_stream_trains_two_hooks_and_resumes_exactly(tiny_model_dir, tiny_corpus
     harvests = []
     original_harvest = source_mod.StreamSource._harvest
 
-    def counting(self, blocks):
+    def counting(self, blocks, *args, **kwargs):
         harvests.append(blocks.tokens_NT.shape[0])
-        return original_harvest(self, blocks)
+        return original_harvest(self, blocks, *args, **kwargs)
 
     monkeypatch.setattr(source_mod.StreamSource, "_harvest", counting)
     monkeypatch.setattr(source_mod.StreamSource, "__init__",
