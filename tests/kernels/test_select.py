@@ -127,3 +127,22 @@ def test_gpu_sizes(gen, d_sae, k, k_aux):
     if k_aux:
         check_selection(aux_vals, aux_idx, acts.masked_fill(~dead, 0.0), k_aux)
     assert torch.equal(top_values(vals.cpu().double(), k), top_values(acts, k))
+
+
+@pytest.mark.parametrize("k", [1, 7, 64])
+def test_threshold_search_on_extreme_rows(device, gen, k):
+    """The 4-way threshold search on rows spanning 60 decades, with exactly k positive values,
+    and with a block of equal maxima larger than k: same selection as torch."""
+    n = 300
+    log_uniform = torch.exp(torch.empty(n).uniform_(-69, 69, generator=gen))  # 1e-30 .. 1e30
+    exactly_k = torch.full((n,), -1.0)
+    exactly_k[torch.randperm(n, generator=gen)[:k]] = torch.rand(k, generator=gen) + 0.5
+    equal_max = torch.rand(n, generator=gen)
+    equal_max[:100] = 2.0
+    pre = torch.stack([log_uniform, exactly_k, equal_max, -log_uniform])
+    b_enc = torch.zeros(n)
+    vals, idx, _, _ = triton_ops.topk_select(pre.clone().to(device), b_enc.to(device), k)
+    ref = pre.relu().topk(k, dim=-1).values
+    assert torch.equal(vals.cpu().sort(-1, descending=True).values, ref)
+    picked = pre.relu().gather(1, idx.cpu())
+    assert torch.equal(picked.sort(-1, descending=True).values, ref)
