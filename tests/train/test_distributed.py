@@ -38,8 +38,9 @@ def test_two_ranks_match_one_process_with_double_batch(tmp_path):
     cache = write_cache(tmp_path / "c", {HOOK: sparse_data(4096, 16, seed=5)})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    subprocess.run([sys.executable, "-m", "sae", "train", str(_config(tmp_path, cache, tmp_path / "one", 256)),
-                    "--json"], check=True, env=env, capture_output=True)
+    one = subprocess.run([sys.executable, "-m", "sae", "train", str(_config(tmp_path, cache, tmp_path / "one", 256)),
+                          "--json"], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
     proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "sae", "train",
                            str(_config(tmp_path, cache, tmp_path / "two", 128)), "--json"],
                           env=env, capture_output=True, text=True)
@@ -47,4 +48,4 @@ def test_two_ranks_match_one_process_with_double_batch(tmp_path):
     a = load_file(str(tmp_path / "one" / "saes" / HOOK / "sae_weights.safetensors"))
     b = load_file(str(tmp_path / "two" / "saes" / HOOK / "sae_weights.safetensors"))
     for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
