@@ -31,9 +31,11 @@ class SparseCode(NamedTuple):
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch, b_dec_D):
+    def forward(ctx, x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch, b_dec_D, compute_dtype):
         ops = ops_for(x_BD)
-        xc_BD = x_BD if b_dec_D is None else (x_BD - b_dec_D).to(x_BD.dtype)
+        # Centre first, then cast: rounding an uncentred x to bf16 would lose the small centred
+        # signal of dimensions with a large mean.
+        xc_BD = (x_BD if b_dec_D is None else x_BD - b_dec_D).to(compute_dtype or x_BD.dtype)
         pre_BF = xc_BD @ W_enc_DF.to(xc_BD.dtype)
         if per_batch:
             vals_BK, idx_BK = ops.batch_topk_select(pre_BF, b_enc_F, k * x_BD.shape[0])
@@ -63,7 +65,8 @@ class _TopKEncode(torch.autograd.Function):
             grad_b_dec = -(W_enc_DF @ grad_b)
         if need_x:
             grad_x = ops.sparse_input_grad(g_pre_BK, all_idx_BK, W_enc_DF)
-        return grad_x, grad_W if need_W else None, grad_b if need_b else None, None, None, None, None, grad_b_dec
+        return (grad_x, grad_W if need_W else None, grad_b if need_b else None, None, None, None, None, grad_b_dec,
+                None)
 
 
 def _pre_act_grad(
@@ -118,6 +121,7 @@ def topk_encode(
     k_aux: int = 0,
     per_batch: bool = False,
     b_dec_D: torch.Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> SparseCode:
     """Sparse TopK encoder: the k largest of ReLU((x - b_dec) @ W_enc + b_enc) per row.
 
@@ -126,7 +130,9 @@ def topk_encode(
     returns the k_aux largest among dead latents, from the same pre-activations.
     `b_dec_D` (optional) is subtracted here, in x's dtype: passing it instead of a centred x
     lets the backward get b_dec's gradient from one GEMV (W_enc @ grad b_enc) and skip the
-    [B, D] input gradient when x itself needs none (training on data).
+    [B, D] input gradient when x itself needs none (training on data). `compute_dtype` (default
+    x's) is the GEMM's input dtype, e.g. bf16 with fp32 weights: x - b_dec is formed before the
+    cast.
     Differentiable w.r.t. x, W_enc, b_enc and b_dec.
     """
     if not 1 <= k <= W_enc_DF.shape[1]:
@@ -135,7 +141,8 @@ def topk_encode(
         dead_F, k_aux = None, 0
     else:
         k_aux = min(k_aux, W_enc_DF.shape[1])
-    return SparseCode(*_TopKEncode.apply(x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch, b_dec_D))
+    return SparseCode(*_TopKEncode.apply(x_BD, W_enc_DF, b_enc_F, k, dead_F, k_aux, per_batch, b_dec_D,
+                                         compute_dtype))
 
 
 def sparse_decode(

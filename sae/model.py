@@ -165,12 +165,12 @@ class SparseAutoencoder(nn.Module):
         the loss and every gradient stay in the weights' dtype."""
         act = self.cfg.activation
         enc_dtype = encoder_dtype or self.W_enc.dtype
+        xs_BD = x_BD.to(self.W_enc.dtype) * self.input_scale
         if act in ("topk", "batchtopk"):
             # b_dec goes in separately: its gradient then costs one GEMV, not a [B, D] input gradient.
-            x_BD = (x_BD.to(self.W_enc.dtype) * self.input_scale).to(enc_dtype)
             code = sae_kernels.topk_encode(
-                x_BD, self.W_enc, self.b_enc, self.cfg.k, dead_F, k_aux,
-                per_batch=act == "batchtopk", b_dec_D=self.b_dec,
+                xs_BD, self.W_enc, self.b_enc, self.cfg.k, dead_F, k_aux,
+                per_batch=act == "batchtopk", b_dec_D=self.b_dec, compute_dtype=enc_dtype,
             )
             # Under a bf16 encoder the decodes read their rows from one bf16 copy per step (fp32
             # accumulation, fp32 W_dec gradient): half the bytes of the step's largest gathers.
@@ -180,7 +180,11 @@ class SparseAutoencoder(nn.Module):
             l0_B = (code.vals_BK > 0).sum(-1)
             return ForwardOutput(recon_BD / self.input_scale, code.vals_BK, code.idx_BK, None,
                                  code.aux_vals_BK, code.aux_idx_BK, None, l0_B, W_gather)
-        pre_BF = (self._center(x_BD).to(enc_dtype) @ self.W_enc.to(enc_dtype)).to(self.W_enc.dtype) + self.b_enc
+        xc_BD = (xs_BD - self.b_dec.detach()).to(enc_dtype)  # centred before any cast
+        pre_BF = (xc_BD @ self.W_enc.to(enc_dtype)).to(self.W_enc.dtype) + self.b_enc
+        # Exactly zero in value; its gradient gives b_dec its share, -(sum_b grad_pre) @ W_enc^T,
+        # by one GEMV instead of autograd's [B, D] gradient of the centred input.
+        pre_BF = pre_BF + (self.b_dec.detach() - self.b_dec) @ self.W_enc.detach()
         if act == "jumprelu":
             latents_BF = _JumpReLU.apply(pre_BF, self.jumprelu_threshold(), self.cfg.jumprelu_bandwidth)
         else:

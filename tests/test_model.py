@@ -48,6 +48,55 @@ def test_encode_decode_match_reference(activation, scale):
     torch.testing.assert_close(sae.decode(lat).double(), recon_ref, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+def test_training_gradients_equal_plain_autograd(activation):
+    """The training forward routes b_dec's gradient around the [B, D] input gradient (a GEMV for
+    the dense activations, topk_encode's b_dec_D for TopK); every parameter's gradient must still
+    be autograd's through (x * scale - b_dec) @ W_enc + b_enc, in float64."""
+    sae = _sae(activation)
+    sae.input_scale.fill_(0.7)
+    x = torch.randn(23, 13) * 2
+    out = sae(x)
+    loss = (out.recon_BD - x).pow(2).sum() + (out.latents_BF.sum() if out.latents_BF is not None else 0)
+    loss.backward()
+    params = {n: p.detach().double().requires_grad_() for n, p in sae.named_parameters()}
+    pre = (x.double() * 0.7 - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+    if activation == "topk":
+        keep = torch.zeros_like(pre).scatter_(1, out.idx_BK, 1.0)
+        lat = pre.relu() * keep
+    elif activation == "jumprelu":
+        lat = pre * (pre > sae.jumprelu_threshold().detach().double())
+    else:
+        lat = pre.relu()
+    recon = (lat @ params["W_dec"] + params["b_dec"]) / 0.7
+    ref = (recon - x.double()).pow(2).sum() + (lat.sum() if activation != "topk" else 0)
+    ref.backward()
+    for name, p in sae.named_parameters():
+        if name == "log_threshold":
+            continue  # its straight-through gradient has its own test
+        torch.testing.assert_close(p.grad.double(), params[name].grad, rtol=1e-4, atol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_bf16_encoder_centres_before_rounding():
+    """With a bf16 encoder the input is centred in fp32 and then cast: a dimension whose mean is
+    large does not drown its small centred signal in bf16 rounding (2^-9 of 60 would be 0.12)."""
+    sae = _sae("topk", d_in=16, d_sae=64, k=8)
+    gen = torch.Generator().manual_seed(5)
+    mean = torch.full((16,), 60.0)
+    with torch.no_grad():
+        sae.b_dec.copy_(mean)
+    x = mean + torch.randn(32, 16, generator=gen) * 0.05
+    out16 = sae(x, encoder_dtype=torch.bfloat16)
+    out32 = sae(x)
+    pre32 = (x - mean) @ sae.W_enc.detach() + sae.b_enc.detach()
+    picked16 = pre32.gather(1, out16.idx_BK).relu()
+    # bf16-rounded centred inputs: the selected values carry ~2^-9 relative error, not 0.12 absolute.
+    torch.testing.assert_close(out16.vals_BK.float(), picked16, rtol=2e-2, atol=2e-3)
+    overlap = (out16.idx_BK.sort(1).values == out32.idx_BK.sort(1).values).float().mean()
+    assert overlap > 0.9
+
+
 def test_training_forward_equals_inference_for_topk():
     sae = _sae("topk")
     x = torch.randn(17, 13)
