@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import best_of
 
 from sae.activations import Harvester, pack_blocks
 from sae.analysis.features import FeatureConfig, decoder_neighbours, logit_effects, run_pass
@@ -35,15 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "sae" / "_bundled" / "wikitext-2-valid.txt"
 HOOK = "blocks.6.hook_resid_post"
 QUICKSTART_SAE = ROOT / "runs" / "quickstart" / "train" / "saes" / HOOK
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def get_sae(d_in: int) -> tuple[SparseAutoencoder, str]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import best_of
 
 from sae.activations import Harvester, open_cache, pack_blocks
 from sae.activations.store import CacheWriter
@@ -29,16 +29,6 @@ from sae.lm import DEFAULT_MODEL, _fp32_copy_dir, bundled_gguf_path, load_model
 
 CORPUS = Path(__file__).resolve().parents[1] / "sae" / "_bundled" / "wikitext-2-valid.txt"
 HOOK, LAYER = "blocks.6.hook_resid_post", 6
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def plain_forward(n_layers: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -66,11 +56,11 @@ def bench_harvest(batch: int, context: int, repeats: int) -> list[dict]:
     n_tok = tokens_NT.numel()
     plain = plain_forward(LAYER + 1)
     rows = []
-    t_plain = best_of(lambda: plain(tokens_NT), repeats)
+    t_plain = best_of(lambda: plain(tokens_NT), repeats, warmup=1)
     rows.append({"what": f"plain HF forward to layer {LAYER} (sdpa, no hooks)", "s": t_plain})
     for fast in (True, False):
         harvester = Harvester(model, [HOOK], fast=fast)
-        t = best_of(lambda h=harvester: list(h.iter_rows(tokens_NT, keep_NT, batch)), repeats)
+        t = best_of(lambda h=harvester: list(h.iter_rows(tokens_NT, keep_NT, batch)), repeats, warmup=1)
         name = "Harvester fast (HF modules, sdpa)" if fast else "Harvester bridge (run_with_cache)"
         rows.append({"what": name, "s": t})
     for row in rows:
@@ -115,7 +105,7 @@ def bench_read(repeats: int, n_shards: int = 4, rows: int = 16_384, d_in: int = 
         }
         out = []
         for name, fn in runs.items():
-            t = best_of(fn, repeats)
+            t = best_of(fn, repeats, warmup=1)
             out.append({"what": name, "s": t, "bytes": n_bytes, "GB_per_s": n_bytes / t / 1e9})
         return out
 
